@@ -1,0 +1,103 @@
+// fastxent: fused softmax cross-entropy (loss + gradient in one sweep) for the CPU.
+//
+// Plain C++17, no Python. The Python layer checks every argument before calling in;
+// the kernels TRUST their inputs as documented on each field below.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fastxent {
+
+enum class Reduction { none, sum, mean };
+
+// Which kind of target a problem carries.
+//   dense:   a float row per logits row (soft, multi-hot, any weights).
+//   index:   one class index per row (int32 or int64), or ignore_index.
+//   sparse:  CSR multi-label rows: classes indices[indptr[i]:indptr[i+1]], value
+//            values[k] (1 when values == nullptr). Duplicate classes are summed.
+enum class TargetKind { dense, index32, index64, sparse };
+
+// One call's problem: N rows of K classes. For row i with effective targets q:
+//   x~ = softcap * tanh(x / softcap) (or x when softcap == 0), lse = logsumexp(x~)
+//   loss_i = lse * sum(q) - sum_{q_j != 0} q_j x~_j + z_loss * lse^2
+//   grad_i = scale * (dx~/dx) * (softmax(x~) * (sum(q) + 2 z_loss lse) - q)
+// where, with a = 1 - label_smoothing, b = label_smoothing / K, w = weight (or 1):
+//   dense:          q_j = w_j (a y_j + b)
+//   index/sparse:   q_j = b w_j + a w_j v_j on the row's listed classes
+// (This is exactly torch.nn.functional.cross_entropy's meaning of weight and
+// label_smoothing for both target kinds.)
+template <class T>
+struct Problem {
+  int64_t rows = 0;     // N >= 0
+  int64_t classes = 0;  // K >= 1
+  // Logits: element (i, j) at logits[i * logits_row_stride + j]. Trusted: finite
+  // strides, buffer covers every element. Values may be anything (NaN, +-inf).
+  const T* logits = nullptr;
+  int64_t logits_row_stride = 0;
+
+  TargetKind target_kind = TargetKind::dense;
+  // dense: element (i, j) at dense_targets[i * targets_row_stride + j].
+  const T* dense_targets = nullptr;
+  int64_t targets_row_stride = 0;
+  // index: class of row i at index32/index64[i * index_stride]; trusted to be in
+  // [0, K) or equal to ignore_index.
+  const int32_t* index32 = nullptr;
+  const int64_t* index64 = nullptr;
+  int64_t index_stride = 1;
+  // sparse (CSR): indptr has N + 1 non-decreasing entries starting at 0; indices
+  // trusted to be in [0, K); values may be nullptr (all ones).
+  const int64_t* sparse_indptr = nullptr;
+  const int64_t* sparse_indices = nullptr;
+  const T* sparse_values = nullptr;
+
+  // Options. weight: K contiguous per-class weights, or nullptr.
+  const T* weight = nullptr;
+  int64_t ignore_index = -100;  // index targets only
+  double label_smoothing = 0.0; // in [0, 1]
+  double z_loss = 0.0;
+  double softcap = 0.0;         // 0 = off; otherwise > 0
+  Reduction reduction = Reduction::mean;
+
+  // Outputs. row_loss: N contiguous values, always written (per-row losses,
+  // unreduced, 0 for ignored rows). grad: nullptr for loss only; may equal logits
+  // (in place) when the strides are equal, but must not otherwise overlap inputs.
+  T* row_loss = nullptr;
+  T* grad = nullptr;
+  int64_t grad_row_stride = 0;
+};
+
+// Computes row losses and (optionally) the gradient of the reduced loss.
+// Returns the reduced loss ("sum" or "mean"; for "none" the sum, unused).
+// For mean: dense targets divide by N; index targets by the sum of the weights of
+// the non-ignored rows' classes (their count without weights), as PyTorch does.
+template <class T>
+double softmax_cross_entropy(const Problem<T>& problem);
+
+// Row-wise log-sum-exp, softmax or log-softmax over rows of K contiguous values.
+enum class RowOp { logsumexp, softmax, log_softmax };
+template <class T>
+void rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t x_row_stride,
+             T* out, int64_t out_row_stride);
+
+// ---- runtime configuration -------------------------------------------------
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+const char* isa_name(Isa isa);
+// Best variant this CPU and build support.
+Isa best_supported_isa();
+bool isa_supported(Isa isa);
+// The variant in use: FASTXENT_SIMD if set (generic|avx2|avx512), else the best.
+Isa active_isa();
+// Forces a variant; returns false (and changes nothing) if unsupported here.
+bool set_active_isa(Isa isa);
+
+// Threads: default = FASTXENT_NUM_THREADS if set, else the cores available to
+// the process. Results are bitwise identical for every thread count.
+int num_threads();
+void set_num_threads(int n);
+
+// The vector exp used by the kernels, exposed so its accuracy can be tested.
+template <class T>
+void vector_exp(Isa isa, const T* x, T* out, int64_t n);
+
+}  // namespace fastxent

@@ -1,0 +1,454 @@
+// The fused softmax cross-entropy kernel, written once over a vector type V.
+//
+// Each kernels_<isa>.cpp includes this file inside its own namespace with its own
+// compiler flags, so every ISA gets a private copy (no ODR mixing of AVX code into
+// baseline code) and exposes only the `run_*` entry points at the bottom.
+//
+// Shape of the computation, per row of K logits:
+//   1. stats pass, per block of kBlock columns (stays in L1): block max m_b, then
+//      s_b = sum exp(x~ - m_b) and the target sums, all relative to m_b so large
+//      common offsets cancel exactly before anything is accumulated;
+//   2. combine the blocks IN BLOCK ORDER (in double): M, S, lse, loss;
+//   3. gradient pass, per block: g = scale * dx~/dx * (exp(x~ - M) * (Qeff / S) - q).
+// Rows are always cut into the same blocks, whether one thread does a row or the
+// columns of a few huge rows are split across threads, so the arithmetic (and the
+// result, bit for bit) never depends on the thread count.
+//
+// Requires, before inclusion: V = VecFor<T> template in scope, vmath.hpp contents.
+
+constexpr int64_t kBlock = 2048;  // columns; 8 KiB (float) / 16 KiB (double) fits L1
+
+inline int64_t num_blocks(int64_t k) { return (k + kBlock - 1) / kBlock; }
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Per (row, block): everything the combine step needs.
+struct BlockStats {
+  double ref;  // the block's shift: its max when finite, else 0
+  double s;    // sum exp(x~ - ref); 0 for an all -inf block, NaN for a +inf/NaN one
+  double q;    // sum of the block's dense target mass
+  double d;    // sum over q_j != 0 of q_j (x~_j - ref)
+  double max;  // the block max itself
+};
+
+// Per row: what the gradient pass and the loss need.
+struct RowResult {
+  double loss;
+  double shift;  // M: the row max (0 when the row is NaN)
+  double coef;   // (sum q + 2 z lse) / S, NaN for a row with no softmax
+  double lse;
+  bool ignored;
+};
+
+// What varies between target kinds and options, fixed for one call.
+template <class T>
+struct Params {
+  const Problem<T>* p;
+  T a, b;          // q = w (a y + b): a = 1 - label_smoothing, b = label_smoothing / K
+  T softcap, inv_softcap;
+  double scale;    // d(reduced loss) / d(row loss)
+};
+
+// Logits after the optional soft cap, and d x~ / d x.
+template <bool kSoftcap, class V>
+inline V capped(V x, V cap, V inv_cap) {
+  if constexpr (kSoftcap) return cap * vtanh(x * inv_cap);
+  else return x;
+}
+
+template <class T>
+inline double scalar_capped(T x, const Params<T>& pr, bool softcap) {
+  return softcap ? double(pr.softcap) * std::tanh(double(x) * double(pr.inv_softcap)) : double(x);
+}
+
+// kDense: targets are a dense row y. kSmooth: the dense part of q is nonzero
+// (dense targets always; entry targets when label_smoothing > 0).
+template <class T, bool kDense, bool kSmooth, bool kWeight, bool kSoftcap>
+struct RowKernel {
+  using V = VecFor<T>;
+  static constexpr int L = V::lanes;
+  const Params<T>& pr;
+
+  const T* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
+  const T* y_row(int64_t i) const { return pr.p->dense_targets + i * pr.p->targets_row_stride; }
+
+  // Dense part of the effective target q for lanes [j, j+L) (n valid lanes).
+  V dense_q(int64_t i, int64_t j, int64_t n) const {
+    V q;
+    if constexpr (kDense) {
+      V y = n == L ? V::load(y_row(i) + j) : V::load_partial(y_row(i) + j, n, T(0));
+      q = fmadd(y, V::set1(pr.a), V::set1(pr.b));
+    } else {
+      q = V::set1(pr.b);
+    }
+    if constexpr (kWeight) {
+      V w = n == L ? V::load(pr.p->weight + j) : V::load_partial(pr.p->weight + j, n, T(0));
+      q = q * w;
+    }
+    if (n < L) q = select(mask_first(n), q, V::set1(T(0)));  // padding lanes carry no mass
+    return q;
+  }
+
+  static typename V::Mask mask_first(int64_t n) {
+    // lanes [0, n) set: compare a 0,1,2.. ramp with n
+    alignas(64) T ramp[L];
+    for (int l = 0; l < L; ++l) ramp[l] = T(l);
+    return V::load(ramp) < V::set1(T(n));
+  }
+
+  BlockStats block_stats(int64_t i, int64_t blk) const {
+    const T* x = x_row(i);
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
+    const T ninf = -std::numeric_limits<T>::infinity();
+
+    V vmax = V::set1(ninf);
+    int64_t j = j0;
+    for (; j + L <= j1; j += L) vmax = max(capped<kSoftcap>(V::load(x + j), cap, inv_cap), vmax);
+    if (j < j1) vmax = max(capped<kSoftcap>(V::load_partial(x + j, j1 - j, ninf), cap, inv_cap), vmax);
+    BlockStats st{};
+    st.max = double(reduce_max(vmax));
+
+    const bool finite_max = std::isfinite(st.max);
+    st.ref = finite_max ? st.max : 0.0;
+    const V ref = V::set1(T(st.ref));
+    const V zero = V::set1(T(0));
+    V s = zero, qs = zero, ds = zero;
+    for (j = j0; j < j1; j += L) {
+      const int64_t n = std::min<int64_t>(L, j1 - j);
+      V xt = capped<kSoftcap>(n == L ? V::load(x + j) : V::load_partial(x + j, n, ninf), cap, inv_cap);
+      V t = xt - ref;
+      if (finite_max) s = s + vexp(t);
+      if constexpr (kSmooth) {
+        V q = dense_q(i, j, n);
+        qs = qs + q;
+        ds = ds + select(q != zero, q * t, zero);  // a q == 0 term adds nothing, even at -inf
+      }
+    }
+    st.s = finite_max ? double(reduce_add(s)) : kNaN;
+    if (st.max == -kInf) {
+      // All -inf (masked) or NaN: no contribution unless a NaN hides here.
+      bool has_nan = false;
+      for (j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
+      st.s = has_nan ? kNaN : 0.0;
+    }
+    if constexpr (kSmooth) {
+      st.q = double(reduce_add(qs));
+      st.d = double(reduce_add(ds));
+    }
+    return st;
+  }
+
+  // Combines one row's blocks in order, adds its entry targets (index/sparse).
+  template <class Entries>
+  RowResult combine(int64_t i, const BlockStats* st, int64_t nb, const Entries& entries) const {
+    RowResult r{};
+    if (entries.ignored(i)) {
+      r.ignored = true;
+      return r;
+    }
+    double m = -kInf;
+    bool nan = false;
+    for (int64_t b = 0; b < nb; ++b) {
+      m = std::max(m, st[b].max);
+      nan |= std::isnan(st[b].s);
+    }
+    double s = 0, q = 0, d = 0;
+    if (!nan && m != -kInf) {
+      for (int64_t b = 0; b < nb; ++b) {
+        if (st[b].s != 0) s += st[b].s * std::exp(st[b].ref - m);
+        q += st[b].q;
+        d += st[b].d + st[b].q * (st[b].ref - m);
+      }
+    }
+    entries.for_each(i, [&](int64_t j, double qj) {
+      if (qj == 0) return;
+      q += qj;
+      d += qj * (scalar_capped(x_row(i)[j], pr, kSoftcap) - m);
+    });
+    if (nan || m == -kInf || !(s > 0)) {  // no softmax for this row
+      r.loss = kNaN;
+      r.coef = kNaN;
+      r.shift = 0;
+      r.lse = kNaN;
+      return r;
+    }
+    const double log_s = std::log(s);
+    const double z = pr.p->z_loss;
+    r.shift = m;
+    r.lse = m + log_s;
+    r.loss = q * log_s - d + z * r.lse * r.lse;
+    r.coef = (q + 2 * z * r.lse) / s;
+    return r;
+  }
+
+  void block_grad(int64_t i, int64_t blk, const RowResult& r) const {
+    T* g = pr.p->grad + i * pr.p->grad_row_stride;
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    if (r.ignored) {
+      std::fill(g + j0, g + j1, T(0));
+      return;
+    }
+    const T* x = x_row(i);
+    const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
+    const V shift = V::set1(T(r.shift));
+    const V coef = V::set1(T(r.coef * pr.scale));
+    const V scale = V::set1(T(pr.scale));
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (int64_t j = j0; j < j1; j += L) {
+      const int64_t n = std::min<int64_t>(L, j1 - j);
+      V xv = n == L ? V::load(x + j) : V::load_partial(x + j, n, ninf);
+      V xt, dcap;
+      if constexpr (kSoftcap) {
+        V th = vtanh(xv * inv_cap);
+        xt = cap * th;
+        dcap = V::set1(T(1)) - th * th;
+      } else {
+        xt = xv;
+      }
+      V gv = vexp(xt - shift) * coef;
+      if constexpr (kSmooth) gv = gv - dense_q(i, j, n) * scale;
+      if constexpr (kSoftcap) gv = gv * dcap;
+      if (n == L) gv.store(g + j);
+      else gv.store_partial(g + j, n);
+    }
+  }
+
+  // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
+  // Computed before the dense gradient is written, since in place the write
+  // replaces the logits these corrections read.
+  template <class Entries>
+  void entry_corrections(int64_t i, const RowResult& r, const Entries& entries, std::vector<T>& out) const {
+    out.clear();
+    if (r.ignored) return;
+    entries.for_each(i, [&](int64_t j, double qj) {
+      double c = -pr.scale * qj;
+      if constexpr (kSoftcap) {
+        double th = std::tanh(double(x_row(i)[j]) * double(pr.inv_softcap));
+        c *= 1 - th * th;
+      }
+      out.push_back(T(c));
+    });
+  }
+
+  template <class Entries>
+  void apply_corrections(int64_t i, const RowResult& r, const Entries& entries, const std::vector<T>& corr) const {
+    if (r.ignored) return;
+    T* g = pr.p->grad + i * pr.p->grad_row_stride;
+    size_t k = 0;
+    entries.for_each(i, [&](int64_t j, double) { g[j] += corr[k++]; });
+  }
+};
+
+// Entry targets: a list of (class, q_j) per row beyond the dense part.
+template <class T>
+struct NoEntries {
+  bool ignored(int64_t) const { return false; }
+  template <class F> void for_each(int64_t, F&&) const {}
+};
+
+template <class T, class I>
+struct IndexEntries {
+  const Params<T>& pr;
+  const I* idx;
+  int64_t stride;
+  bool ignored(int64_t i) const { return int64_t(idx[i * stride]) == pr.p->ignore_index; }
+  template <class F> void for_each(int64_t i, F&& f) const {
+    const int64_t c = idx[i * stride];
+    const double w = pr.p->weight ? double(pr.p->weight[c]) : 1.0;
+    f(c, double(pr.a) * w);
+  }
+};
+
+template <class T>
+struct SparseEntries {
+  const Params<T>& pr;
+  bool ignored(int64_t) const { return false; }
+  template <class F> void for_each(int64_t i, F&& f) const {
+    const Problem<T>& p = *pr.p;
+    for (int64_t k = p.sparse_indptr[i]; k < p.sparse_indptr[i + 1]; ++k) {
+      const int64_t c = p.sparse_indices[k];
+      const double v = p.sparse_values ? double(p.sparse_values[k]) : 1.0;
+      const double w = p.weight ? double(p.weight[c]) : 1.0;
+      f(c, double(pr.a) * w * v);
+    }
+  }
+};
+
+// Rows below this many elements in total stay on the calling thread.
+constexpr int64_t kMinParallelElements = int64_t(1) << 18;
+
+template <class K, class Entries>
+void drive(const K& kern, const Entries& entries, typename K::V::value_type* row_loss) {
+  using T = typename K::V::value_type;
+  const Problem<T>& p = *kern.pr.p;
+  const int64_t n = p.rows, nb = num_blocks(p.classes);
+  const bool want_grad = p.grad != nullptr;
+  const int threads = int64_t(n) * p.classes < kMinParallelElements ? 1 : num_threads();
+
+  if (n >= threads || nb == 1) {
+    // Whole rows per task.
+    auto body = [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<BlockStats> stats;
+      thread_local std::vector<T> corr;
+      stats.resize(size_t(nb));
+      for (int64_t i = r0; i < r1; ++i) {
+        const bool skip = entries.ignored(i);
+        if (!skip)
+          for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b);
+        RowResult r = kern.combine(i, stats.data(), nb, entries);
+        row_loss[i] = T(r.loss);
+        if (!want_grad) continue;
+        kern.entry_corrections(i, r, entries, corr);
+        for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r);
+        kern.apply_corrections(i, r, entries, corr);
+      }
+    };
+    if (threads == 1) body(0, n);
+    else detail::parallel_for(n, body);
+    return;
+  }
+
+  // Few rows, many columns: split each row's blocks across threads. Same block
+  // stats, same combine order as above, hence the same bits.
+  std::vector<BlockStats> stats(static_cast<size_t>(n * nb));
+  auto stats_body = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (!entries.ignored(t / nb)) stats[size_t(t)] = kern.block_stats(t / nb, t % nb);
+  };
+  detail::parallel_for(n * nb, stats_body);
+  std::vector<RowResult> results(static_cast<size_t>(n));
+  std::vector<std::vector<T>> corr(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    results[size_t(i)] = kern.combine(i, stats.data() + i * nb, nb, entries);
+    row_loss[i] = T(results[size_t(i)].loss);
+    if (want_grad) kern.entry_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+  }
+  if (!want_grad) return;
+  auto grad_body = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) kern.block_grad(t / nb, t % nb, results[size_t(t / nb)]);
+  };
+  detail::parallel_for(n * nb, grad_body);
+  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+}
+
+// Picks the compile-time variant for this call's options.
+template <class T, bool kDense, bool kSmooth, class Entries>
+void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) {
+  const bool weight = pr.p->weight != nullptr, softcap = pr.p->softcap > 0;
+  auto go = [&](auto w, auto c) {
+    RowKernel<T, kDense, kSmooth, decltype(w)::value, decltype(c)::value> kern{pr};
+    drive(kern, entries, row_loss);
+  };
+  using F = std::false_type;
+  using Tr = std::true_type;
+  if (weight && softcap) go(Tr{}, Tr{});
+  else if (weight) go(Tr{}, F{});
+  else if (softcap) go(F{}, Tr{});
+  else go(F{}, F{});
+}
+
+template <class T>
+double run_loss(const Problem<T>& p) {
+  Params<T> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
+               T(p.softcap), p.softcap > 0 ? T(1 / p.softcap) : T(0), 1.0};
+
+  // The mean's denominator, known before any gradient is written.
+  double denom = double(p.rows);
+  auto index_denominator = [&](auto* idx) {
+    double total = 0;
+    for (int64_t i = 0; i < p.rows; ++i) {
+      const int64_t c = idx[i * p.index_stride];
+      if (c != p.ignore_index) total += p.weight ? double(p.weight[c]) : 1.0;
+    }
+    return total;
+  };
+  if (p.target_kind == TargetKind::index32) denom = index_denominator(p.index32);
+  if (p.target_kind == TargetKind::index64) denom = index_denominator(p.index64);
+  if (p.reduction == Reduction::mean) pr.scale = 1.0 / denom;
+
+  const bool smooth = p.label_smoothing > 0;
+  switch (p.target_kind) {
+    case TargetKind::dense:
+      dispatch_options<T, true, true>(pr, NoEntries<T>{}, p.row_loss);
+      break;
+    case TargetKind::index32: {
+      IndexEntries<T, int32_t> e{pr, p.index32, p.index_stride};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+    case TargetKind::index64: {
+      IndexEntries<T, int64_t> e{pr, p.index64, p.index_stride};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+    case TargetKind::sparse: {
+      SparseEntries<T> e{pr};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+  }
+  // Fixed order, double accumulator: the same value for every thread count.
+  double total = 0;
+  for (int64_t i = 0; i < p.rows; ++i) total += double(p.row_loss[i]);
+  return p.reduction == Reduction::mean ? total / denom : total;
+}
+
+// ---- row-wise logsumexp / softmax / log_softmax --------------------------------
+template <class T>
+void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs, T* out, int64_t os) {
+  using V = VecFor<T>;
+  constexpr int L = V::lanes;
+  Problem<T> p;
+  p.rows = rows;
+  p.classes = classes;
+  p.logits = x;
+  p.logits_row_stride = xs;
+  Params<T> pr{&p, T(1), T(0), T(0), T(0), 1.0};
+  RowKernel<T, false, false, false, false> kern{pr};
+  NoEntries<T> none;
+  const int64_t nb = num_blocks(classes);
+  const int threads = rows * classes < kMinParallelElements ? 1 : num_threads();
+  auto body = [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<BlockStats> stats;
+    stats.resize(size_t(nb));
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b);
+      RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: loss = 0, coef = 1/S
+      if (op == RowOp::logsumexp) {
+        out[i * os] = T(r.lse);
+        continue;
+      }
+      const T* xi = x + i * xs;
+      T* oi = out + i * os;
+      const V shift = V::set1(T(r.shift));
+      const double log_s_d = r.lse - r.shift;  // NaN for a row with no softmax
+      const V inv_s = V::set1(T(std::exp(-log_s_d)));
+      const V log_s = V::set1(T(log_s_d));
+      for (int64_t j = 0; j < classes; j += L) {
+        const int64_t n = std::min<int64_t>(L, classes - j);
+        V t = (n == L ? V::load(xi + j) : V::load_partial(xi + j, n, T(0))) - shift;
+        V o = op == RowOp::softmax ? vexp(t) * inv_s : t - log_s;
+        if (n == L) o.store(oi + j);
+        else o.store_partial(oi + j, n);
+      }
+    }
+  };
+  if (threads == 1) body(0, rows);
+  else detail::parallel_for(rows, body);
+}
+
+template <class T>
+void run_exp(const T* x, T* out, int64_t n) {
+  using V = VecFor<T>;
+  constexpr int L = V::lanes;
+  for (int64_t j = 0; j < n; j += L) {
+    const int64_t m = std::min<int64_t>(L, n - j);
+    V e = vexp(m == L ? V::load(x + j) : V::load_partial(x + j, m, T(0)));
+    if (m == L) e.store(out + j);
+    else e.store_partial(out + j, m);
+  }
+}

@@ -1,0 +1,116 @@
+// AVX-512F vector types (16 floats / 8 doubles). Compile with -mavx512f -mavx512dq.
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+
+namespace fastxent::avx512_isa {
+
+template <class T> struct Vec;
+
+template <>
+struct Vec<float> {
+  using value_type = float;
+  static constexpr int lanes = 16;
+  __m512 v;
+  struct Mask { __mmask16 m; };
+
+  static __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+  static Vec set1(float a) { return {_mm512_set1_ps(a)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec load_partial(const float* p, int64_t n, float fill) {
+    return {_mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p)};
+  }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store_partial(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+  friend Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+  friend Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+  friend Vec copysign(Vec mag, Vec sgn) {
+    __m512 sign = _mm512_set1_ps(-0.0f);
+    return {_mm512_or_ps(_mm512_andnot_ps(sign, mag.v), _mm512_and_ps(sign, sgn.v))};
+  }
+  friend Mask operator!=(Vec a, Vec b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m.m, b.v, a.v)}; }
+  friend bool any(Mask m) { return m.m != 0; }
+  friend Vec pow2i(Vec n) {
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  }
+  // Explicit halving tree (not _mm512_reduce_*), so the order is fixed and documented.
+  friend float reduce_add(Vec a) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a.v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  friend float reduce_max(Vec a) {
+    __m256 h = _mm256_max_ps(_mm512_castps512_ps256(a.v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+template <>
+struct Vec<double> {
+  using value_type = double;
+  static constexpr int lanes = 8;
+  __m512d v;
+  struct Mask { __mmask8 m; };
+
+  static __mmask8 tail_mask(int64_t n) { return n >= 8 ? __mmask8(0xFF) : __mmask8((1u << n) - 1u); }
+  static Vec set1(double a) { return {_mm512_set1_pd(a)}; }
+  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static Vec load_partial(const double* p, int64_t n, double fill) {
+    return {_mm512_mask_loadu_pd(_mm512_set1_pd(fill), tail_mask(n), p)};
+  }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  void store_partial(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, tail_mask(n), v); }
+
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
+  friend Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_pd(a.v, b.v)}; }
+  friend Vec min(Vec a, Vec b) { return {_mm512_min_pd(a.v, b.v)}; }
+  friend Vec abs(Vec a) { return {_mm512_abs_pd(a.v)}; }
+  friend Vec copysign(Vec mag, Vec sgn) {
+    __m512d sign = _mm512_set1_pd(-0.0);
+    return {_mm512_or_pd(_mm512_andnot_pd(sign, mag.v), _mm512_and_pd(sign, sgn.v))};
+  }
+  friend Mask operator!=(Vec a, Vec b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_NEQ_UQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_pd(m.m, b.v, a.v)}; }
+  friend bool any(Mask m) { return m.m != 0; }
+  friend Vec pow2i(Vec n) {
+    __m512i e = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n.v));
+    e = _mm512_add_epi64(e, _mm512_set1_epi64(1023));
+    return {_mm512_castsi512_pd(_mm512_slli_epi64(e, 52))};
+  }
+  friend double reduce_add(Vec a) {
+    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  friend double reduce_max(Vec a) {
+    __m256d h = _mm256_max_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
+    __m128d s = _mm_max_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+
+template <class T> using VecFor = Vec<T>;
+
+}  // namespace fastxent::avx512_isa

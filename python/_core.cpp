@@ -1,0 +1,215 @@
+// The one binding file: turns NumPy arrays into the C++ core's pointers and strides
+// and back. Argument checking (shapes, dtypes, ranges) happens in Python before a
+// call reaches here; this file re-checks only what it needs to avoid undefined
+// behaviour (dtype, dimensions, unit column stride), and releases the GIL around
+// every kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "fastxent/fastxent.hpp"
+
+namespace py = pybind11;
+using fastxent::Problem;
+
+namespace {
+
+template <class T>
+bool is_dtype(const py::array& a) {
+  return a.dtype().is(py::dtype::of<T>());
+}
+
+// A 2-D array whose rows are contiguous: returns its row stride in elements.
+template <class T>
+int64_t row_stride(const py::array& a, const char* name) {
+  if (a.ndim() != 2 || !is_dtype<T>(a)) throw py::value_error(std::string(name) + ": internal: expected a 2-D array of the logits' dtype");
+  if (a.shape(1) > 1 && a.strides(1) != static_cast<py::ssize_t>(sizeof(T)))
+    throw py::value_error(std::string(name) + ": internal: columns must be contiguous");
+  if (a.strides(0) % static_cast<py::ssize_t>(sizeof(T)) != 0)
+    throw py::value_error(std::string(name) + ": internal: row stride is not a multiple of the item size");
+  return a.strides(0) / static_cast<py::ssize_t>(sizeof(T));
+}
+
+template <class T>
+T* mutable_data(py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(std::string(name) + ": internal: array is read-only");
+  return static_cast<T*>(a.mutable_data());
+}
+
+fastxent::Reduction parse_reduction(const std::string& r) {
+  if (r == "none") return fastxent::Reduction::none;
+  if (r == "sum") return fastxent::Reduction::sum;
+  if (r == "mean") return fastxent::Reduction::mean;
+  throw py::value_error("reduction: internal: unknown reduction " + r);
+}
+
+template <class T>
+double loss_impl(py::array logits, const std::string& kind, py::object dense, py::object index,
+                 py::object indptr, py::object indices, py::object values, py::object weight,
+                 int64_t ignore_index, double label_smoothing, double z_loss, double softcap,
+                 const std::string& reduction, py::array row_loss, py::object grad) {
+  Problem<T> p;
+  p.rows = logits.shape(0);
+  p.classes = logits.shape(1);
+  p.logits = static_cast<const T*>(logits.data());
+  p.logits_row_stride = row_stride<T>(logits, "logits");
+  if (kind == "dense") {
+    py::array y = dense;
+    p.target_kind = fastxent::TargetKind::dense;
+    p.dense_targets = static_cast<const T*>(y.data());
+    p.targets_row_stride = row_stride<T>(y, "targets");
+    if (y.shape(0) != p.rows || y.shape(1) != p.classes) throw py::value_error("targets: internal: shape mismatch");
+  } else if (kind == "index") {
+    py::array idx = index;
+    if (idx.ndim() != 1 || idx.shape(0) != p.rows) throw py::value_error("targets: internal: expected N class indices");
+    if (is_dtype<int32_t>(idx)) {
+      p.target_kind = fastxent::TargetKind::index32;
+      p.index32 = static_cast<const int32_t*>(idx.data());
+      p.index_stride = idx.strides(0) / 4;
+    } else if (is_dtype<int64_t>(idx)) {
+      p.target_kind = fastxent::TargetKind::index64;
+      p.index64 = static_cast<const int64_t*>(idx.data());
+      p.index_stride = idx.strides(0) / 8;
+    } else {
+      throw py::value_error("targets: internal: class indices must be int32 or int64");
+    }
+  } else if (kind == "sparse") {
+    py::array ip = indptr, ix = indices;
+    if (!is_dtype<int64_t>(ip) || !is_dtype<int64_t>(ix) || !(ip.flags() & py::array::c_style) ||
+        !(ix.flags() & py::array::c_style) || ip.ndim() != 1 || ip.shape(0) != p.rows + 1)
+      throw py::value_error("targets: internal: sparse indptr/indices must be contiguous int64");
+    p.target_kind = fastxent::TargetKind::sparse;
+    p.sparse_indptr = static_cast<const int64_t*>(ip.data());
+    p.sparse_indices = static_cast<const int64_t*>(ix.data());
+    if (!values.is_none()) {
+      py::array v = values;
+      if (!is_dtype<T>(v) || !(v.flags() & py::array::c_style) || v.shape(0) != ix.shape(0))
+        throw py::value_error("targets: internal: sparse values must be contiguous, logits' dtype");
+      p.sparse_values = static_cast<const T*>(v.data());
+    }
+  } else {
+    throw py::value_error("targets: internal: unknown target kind " + kind);
+  }
+  if (!weight.is_none()) {
+    py::array w = weight;
+    if (!is_dtype<T>(w) || w.ndim() != 1 || w.shape(0) != p.classes || !(w.flags() & py::array::c_style))
+      throw py::value_error("weight: internal: expected K contiguous values of the logits' dtype");
+    p.weight = static_cast<const T*>(w.data());
+  }
+  p.ignore_index = ignore_index;
+  p.label_smoothing = label_smoothing;
+  p.z_loss = z_loss;
+  p.softcap = softcap;
+  p.reduction = parse_reduction(reduction);
+  if (!is_dtype<T>(row_loss) || row_loss.ndim() != 1 || row_loss.shape(0) != p.rows || !(row_loss.flags() & py::array::c_style))
+    throw py::value_error("row_loss: internal: expected N contiguous values");
+  p.row_loss = mutable_data<T>(row_loss, "row_loss");
+  if (!grad.is_none()) {
+    py::array g = grad;
+    p.grad_row_stride = row_stride<T>(g, "out");
+    if (g.shape(0) != p.rows || g.shape(1) != p.classes) throw py::value_error("out: internal: shape mismatch");
+    p.grad = mutable_data<T>(g, "out");
+  }
+  py::gil_scoped_release release;
+  return fastxent::softmax_cross_entropy(p);
+}
+
+double loss(py::array logits, const std::string& kind, py::object dense, py::object index, py::object indptr,
+            py::object indices, py::object values, py::object weight, int64_t ignore_index,
+            double label_smoothing, double z_loss, double softcap, const std::string& reduction,
+            py::array row_loss, py::object grad) {
+  if (is_dtype<float>(logits))
+    return loss_impl<float>(logits, kind, dense, index, indptr, indices, values, weight, ignore_index,
+                            label_smoothing, z_loss, softcap, reduction, row_loss, grad);
+  if (is_dtype<double>(logits))
+    return loss_impl<double>(logits, kind, dense, index, indptr, indices, values, weight, ignore_index,
+                             label_smoothing, z_loss, softcap, reduction, row_loss, grad);
+  throw py::type_error("logits: internal: expected float32 or float64");
+}
+
+template <class T>
+void rowwise_impl(fastxent::RowOp op, py::array x, py::array out) {
+  const int64_t xs = row_stride<T>(x, "x");
+  if (op == fastxent::RowOp::logsumexp) {
+    if (!is_dtype<T>(out) || out.ndim() != 1 || out.shape(0) != x.shape(0) || !(out.flags() & py::array::c_style))
+      throw py::value_error("out: internal: expected N contiguous values");
+    T* o = mutable_data<T>(out, "out");
+    py::gil_scoped_release release;
+    fastxent::rowwise<T>(op, static_cast<const T*>(x.data()), x.shape(0), x.shape(1), xs, o, 1);
+  } else {
+    const int64_t os = row_stride<T>(out, "out");
+    if (out.shape(0) != x.shape(0) || out.shape(1) != x.shape(1)) throw py::value_error("out: internal: shape mismatch");
+    T* o = mutable_data<T>(out, "out");
+    py::gil_scoped_release release;
+    fastxent::rowwise<T>(op, static_cast<const T*>(x.data()), x.shape(0), x.shape(1), xs, o, os);
+  }
+}
+
+void rowwise(const std::string& op_name, py::array x, py::array out) {
+  fastxent::RowOp op;
+  if (op_name == "logsumexp") op = fastxent::RowOp::logsumexp;
+  else if (op_name == "softmax") op = fastxent::RowOp::softmax;
+  else if (op_name == "log_softmax") op = fastxent::RowOp::log_softmax;
+  else throw py::value_error("op: internal: unknown row operation " + op_name);
+  if (is_dtype<float>(x)) return rowwise_impl<float>(op, x, out);
+  if (is_dtype<double>(x)) return rowwise_impl<double>(op, x, out);
+  throw py::type_error("x: internal: expected float32 or float64");
+}
+
+fastxent::Isa parse_isa(const std::string& name) {
+  for (auto isa : {fastxent::Isa::generic, fastxent::Isa::avx2, fastxent::Isa::avx512})
+    if (name == fastxent::isa_name(isa)) return isa;
+  throw py::value_error("simd: expected 'generic', 'avx2' or 'avx512', got '" + name + "'");
+}
+
+template <class T>
+void exp_impl(fastxent::Isa isa, py::array x, py::array out) {
+  if (!(x.flags() & py::array::c_style) || !(out.flags() & py::array::c_style) || !is_dtype<T>(out) ||
+      out.size() != x.size())
+    throw py::value_error("vector_exp: internal: expected contiguous arrays of equal size and dtype");
+  T* o = mutable_data<T>(out, "out");
+  py::gil_scoped_release release;
+  fastxent::vector_exp<T>(isa, static_cast<const T*>(x.data()), o, x.size());
+}
+
+void vector_exp(const std::string& isa_name, py::array x, py::array out) {
+  fastxent::Isa isa = parse_isa(isa_name);
+  if (!fastxent::isa_supported(isa)) throw py::value_error("simd: '" + isa_name + "' is not supported on this CPU");
+  if (is_dtype<float>(x)) return exp_impl<float>(isa, x, out);
+  if (is_dtype<double>(x)) return exp_impl<double>(isa, x, out);
+  throw py::type_error("x: internal: expected float32 or float64");
+}
+
+py::dict info() {
+  py::dict d;
+  d["simd"] = fastxent::isa_name(fastxent::active_isa());
+  d["best_simd"] = fastxent::isa_name(fastxent::best_supported_isa());
+  py::list supported;
+  for (auto isa : {fastxent::Isa::generic, fastxent::Isa::avx2, fastxent::Isa::avx512})
+    if (fastxent::isa_supported(isa)) supported.append(fastxent::isa_name(isa));
+  d["supported_simd"] = supported;
+  d["num_threads"] = fastxent::num_threads();
+#if defined(__clang__)
+  d["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = "gcc " __VERSION__;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastxent's compiled kernels. Use the public functions in fastxent instead.";
+  m.def("loss", &loss);
+  m.def("rowwise", &rowwise);
+  m.def("vector_exp", &vector_exp);
+  m.def("info", &info);
+  m.def("set_num_threads", [](int n) { fastxent::set_num_threads(n); });
+  m.def("set_simd", [](const std::string& name) {
+    fastxent::Isa isa = parse_isa(name);
+    if (!fastxent::set_active_isa(isa)) throw py::value_error("simd: '" + name + "' is not supported on this CPU");
+  });
+}

@@ -1,0 +1,22 @@
+"""fastxent: fused softmax cross-entropy (loss and gradient in one sweep) for the CPU.
+
+    import fastxent as fx
+    loss, grad = fx.softmax_cross_entropy(logits, targets)   # grad = softmax * sum(y) - y
+"""
+
+from ._backend import backend_info, set_num_threads, set_simd
+from ._version import __version__
+from .api import log_softmax, logsumexp, softmax, softmax_cross_entropy
+from .sparse import SparseTargets
+
+__all__ = [
+    "SparseTargets",
+    "__version__",
+    "backend_info",
+    "log_softmax",
+    "logsumexp",
+    "set_num_threads",
+    "set_simd",
+    "softmax",
+    "softmax_cross_entropy",
+]

@@ -1,0 +1,98 @@
+"""Loads the compiled kernels, or records why they could not be loaded."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+from typing import Any
+
+from ._version import __version__
+
+_core: ModuleType | None
+_import_error: str | None
+try:
+    from . import _core
+    _import_error = None
+except ImportError as exc:  # a source checkout without a build, or a broken wheel
+    _core = None
+    _import_error = str(exc)
+
+_warned = False
+
+
+def core_or_none() -> ModuleType | None:
+    """The extension module, warning once when it is missing and the default was asked for."""
+    global _warned
+    if _core is None and not _warned:
+        _warned = True
+        warnings.warn(
+            f"fastxent: compiled kernels unavailable ({_import_error}); using the NumPy backend",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return _core
+
+
+def require_core() -> ModuleType:
+    if _core is None:
+        raise RuntimeError(
+            f"backend: 'cpp' was requested but the compiled kernels could not be imported: {_import_error}"
+        )
+    return _core
+
+
+def backend_info() -> dict[str, Any]:
+    """Which backend the default uses, its SIMD level and threads, and the version.
+
+    Example:
+        >>> import fastxent as fx
+        >>> fx.backend_info()["backend"] in ("cpp", "numpy")
+        True
+    """
+    info: dict[str, Any] = {"version": __version__}
+    if _core is None:
+        info.update(backend="numpy", simd=None, num_threads=1, import_error=_import_error)
+    else:
+        info.update(backend="cpp", **_core.info())
+    return info
+
+
+def set_num_threads(n: int | None) -> None:
+    """Sets how many threads the C++ kernels use (None: FASTXENT_NUM_THREADS, else all cores).
+
+    Results are bitwise identical for every thread count.
+
+    Example:
+        >>> import fastxent as fx
+        >>> fx.set_num_threads(1); fx.set_num_threads(None)
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    if _core is not None:
+        _core.set_num_threads(0 if n is None else n)
+
+
+def set_simd(name: str | None) -> None:
+    """Forces a SIMD variant ('generic', 'avx2', 'avx512'); None restores the best one.
+
+    The environment variable FASTXENT_SIMD does the same at import time.
+    """
+    core = require_core()
+    core.set_simd(name if name is not None else core.info()["best_simd"])
+
+
+def _apply_environment() -> None:
+    # FASTXENT_SIMD / FASTXENT_NUM_THREADS are read by the C++ side at first use;
+    # an unsupported FASTXENT_SIMD there silently means "best", so say so here.
+    wanted = os.environ.get("FASTXENT_SIMD")
+    if _core is not None and wanted and wanted not in _core.info()["supported_simd"]:
+        warnings.warn(
+            f"FASTXENT_SIMD={wanted!r} is not supported here "
+            f"(supported: {_core.info()['supported_simd']}); using {_core.info()['simd']!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_apply_environment()

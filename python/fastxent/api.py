@@ -1,0 +1,183 @@
+"""The public functions: argument checks (in _validate), backend choice, results."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from . import _backend, numpy_backend
+from ._validate import as_array, check_backend, check_logits, normalize_axis, prepare_loss, rows_view
+
+Reduction = Literal["none", "sum", "mean"]
+Backend = Literal["auto", "cpp", "numpy"] | None
+
+
+def _pick_core(backend: str | None) -> Any:
+    """The extension module to use, or None for the NumPy twin."""
+    if backend == "numpy":
+        return None
+    if backend == "cpp":
+        return _backend.require_core()
+    return _backend.core_or_none()
+
+
+def softmax_cross_entropy(
+    logits: Any,
+    targets: Any,
+    *,
+    axis: int = -1,
+    reduction: Reduction = "mean",
+    weight: Any = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    return_grad: bool = True,
+    out: np.ndarray | None = None,
+    inplace: bool = False,
+    backend: Backend = None,
+) -> tuple[Any, np.ndarray | None]:
+    """Softmax cross-entropy loss and its fused gradient, in one pass over memory.
+
+    For each row x (classes on ``axis``) with targets y::
+
+        lse  = log(sum_j exp(x_j))
+        loss = lse * sum(y) - sum_j y_j x_j          (= -sum_j y_j log softmax(x)_j)
+        grad = softmax(x) * sum(y) - y
+
+    which holds for soft, multi-hot (sum(y) > 1) and weighted targets alike.
+    Integer targets are class indices (y = one-hot). ``weight``, ``ignore_index``,
+    ``label_smoothing`` and ``reduction`` mean what they mean in
+    ``torch.nn.functional.cross_entropy``. ``z_loss`` adds ``z_loss * lse**2`` per
+    row; ``softcap`` replaces x by ``softcap * tanh(x / softcap)`` first.
+
+    Args:
+        logits: float32 or float64 array, any number of dimensions.
+        targets: integer class indices of shape ``logits.shape`` without ``axis``;
+            float or bool dense targets of ``logits.shape``; or ``SparseTargets`` /
+            a scipy.sparse CSR matrix of shape (rows, classes).
+        reduction: "none" (per-row losses, shape of logits without ``axis``),
+            "sum" or "mean".
+        return_grad: False computes the loss only (one read of logits, no writes).
+        out: array of logits' shape and dtype that receives the gradient.
+        inplace: write the gradient into ``logits`` and return that same array.
+        backend: None/"auto" (compiled kernels if importable), "cpp" or "numpy".
+
+    Returns:
+        ``(loss, grad)``: loss has logits' dtype (an array for "none", else a
+        scalar); grad has logits' shape and dtype, and is the gradient of the
+        returned loss (None when ``return_grad=False``).
+
+    Conventions: a class with target 0 adds nothing even at logit -inf; a row
+    with a NaN, with +inf, or with all logits -inf gives NaN loss and gradient
+    for that row only; ignored rows give 0 and do not count in "mean".
+
+    Example:
+        >>> import numpy as np, fastxent as fx
+        >>> x = np.array([[2.0, 1.0, 0.1]], np.float32)
+        >>> y = np.array([[1.0, 1.0, 0.0]], np.float32)   # multi-hot
+        >>> loss, grad = fx.softmax_cross_entropy(x, y)
+        >>> bool(abs(grad.sum()) < 1e-6)
+        True
+    """
+    be = check_backend(backend)
+    p = prepare_loss(
+        logits,
+        targets,
+        axis=axis,
+        reduction=reduction,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_grad=bool(return_grad),
+        out=out,
+        inplace=bool(inplace),
+    )
+    core = _pick_core(be)
+    n = p.x.shape[0]
+    if core is None:
+        row_loss, reduced = numpy_backend.softmax_cross_entropy(p)
+    else:
+        row_loss = np.empty(n, dtype=p.x.dtype)
+        sp = p.sparse
+        reduced = core.loss(
+            p.x,
+            p.kind,
+            p.dense,
+            p.index,
+            None if sp is None else sp.indptr,
+            None if sp is None else sp.indices,
+            None if sp is None else sp.values,
+            p.weight,
+            p.ignore_index,
+            p.label_smoothing,
+            p.z_loss,
+            p.softcap,
+            p.reduction,
+            row_loss,
+            p.grad,
+        )
+    loss = row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.x.dtype.type(reduced)
+    return loss, p.grad_result
+
+
+def _rowwise(op: str, x: Any, axis: int, backend: Backend) -> np.ndarray:
+    arr = check_logits(x, "x")
+    ax = normalize_axis(axis, arr.ndim)
+    k = arr.shape[ax]
+    if k == 0:
+        raise ValueError(f"x: axis {ax} has length 0")
+    be = check_backend(backend)
+    core = _pick_core(be)
+    rows = rows_view(arr, ax)
+    lead = arr.shape[:ax] + arr.shape[ax + 1 :]
+    if core is None:
+        res = numpy_backend.rowwise(op, rows)
+    else:
+        res = np.empty(rows.shape[0] if op == "logsumexp" else rows.shape, dtype=arr.dtype)
+        core.rowwise(op, rows, res)
+    if op == "logsumexp":
+        return res.reshape(lead)
+    return np.moveaxis(res.reshape(lead + (k,)), -1, ax)
+
+
+def logsumexp(x: Any, axis: int = -1, *, backend: Backend = None) -> np.ndarray:
+    """log(sum(exp(x))) along ``axis``, computed stably (max shift).
+
+    float32/float64 in, same dtype out, shape of x without ``axis``. A slice
+    with a NaN or +inf, or all -inf, gives NaN.
+
+    Example:
+        >>> import numpy as np, fastxent as fx
+        >>> float(fx.logsumexp(np.log(np.array([1.0, 3.0]))))
+        1.3862943611198906
+    """
+    return _rowwise("logsumexp", x, axis, backend)
+
+
+def softmax(x: Any, axis: int = -1, *, backend: Backend = None) -> np.ndarray:
+    """exp(x - logsumexp(x)) along ``axis``; same shape and dtype as x.
+
+    Example:
+        >>> import numpy as np, fastxent as fx
+        >>> fx.softmax(np.array([0.0, 0.0])).tolist()
+        [0.5, 0.5]
+    """
+    return _rowwise("softmax", x, axis, backend)
+
+
+def log_softmax(x: Any, axis: int = -1, *, backend: Backend = None) -> np.ndarray:
+    """x - logsumexp(x) along ``axis``; same shape and dtype as x (-inf stays -inf).
+
+    Example:
+        >>> import numpy as np, fastxent as fx
+        >>> fx.log_softmax(np.array([0.0, -np.inf])).tolist()
+        [0.0, -inf]
+    """
+    return _rowwise("log_softmax", x, axis, backend)
+
+
+__all__ = ["as_array", "log_softmax", "logsumexp", "softmax", "softmax_cross_entropy"]

@@ -1,0 +1,112 @@
+"""The NumPy twin of the C++ kernels: the same math, conventions and results (to
+float rounding), used when the extension is unavailable or backend="numpy".
+
+It works on the validated `LossProblem` of _validate.py, so both backends see
+exactly the same inputs. Clarity over speed: it builds dense N x K temporaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import LossProblem
+
+
+def effective_targets(p: LossProblem) -> np.ndarray:
+    """q of the SPEC, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
+    n, k = p.x.shape
+    dtype = p.x.dtype
+    a = dtype.type(1 - p.label_smoothing)
+    b = dtype.type(p.label_smoothing / k)
+    if p.kind == "dense":
+        assert p.dense is not None
+        q = p.dense * a + b
+    else:
+        q = np.full((n, k), b, dtype=dtype)
+        if p.kind == "index":
+            assert p.index is not None
+            rows = np.flatnonzero(p.index != p.ignore_index)
+            q[rows, p.index[rows]] += a
+        else:
+            assert p.sparse is not None
+            sp = p.sparse
+            rows = np.repeat(np.arange(n), np.diff(sp.indptr))
+            vals = np.ones(sp.indices.shape[0], dtype) if sp.values is None else sp.values.astype(dtype)
+            np.add.at(q, (rows, sp.indices), a * vals)
+    if p.weight is not None:
+        q = q * p.weight
+    return q
+
+
+def ignored_rows(p: LossProblem) -> np.ndarray:
+    if p.kind == "index":
+        assert p.index is not None
+        return p.index == p.ignore_index
+    return np.zeros(p.x.shape[0], dtype=bool)
+
+
+def mean_denominator(p: LossProblem) -> float:
+    """torch's: the weights of the non-ignored rows' classes (index targets), else N."""
+    if p.kind != "index":
+        return float(p.x.shape[0])
+    assert p.index is not None
+    keep = p.index[p.index != p.ignore_index]
+    if p.weight is None:
+        return float(keep.shape[0])
+    return float(np.sum(p.weight[keep], dtype=np.float64))
+
+
+def softmax_cross_entropy(p: LossProblem) -> tuple[np.ndarray, float]:
+    """Row losses (dtype of logits) and the reduced loss; writes p.grad when set."""
+    with np.errstate(all="ignore"):  # NaN / inf rows are part of the contract
+        x = p.x
+        if p.softcap > 0:
+            th = np.tanh(x / x.dtype.type(p.softcap))
+            xt = th * x.dtype.type(p.softcap)
+        else:
+            xt = x
+        m = xt.max(axis=1, keepdims=True) if xt.shape[0] else np.zeros((0, 1), x.dtype)
+        no_softmax = ~np.isfinite(m[:, 0])  # NaN, +inf, or all -inf
+        shift = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+        t = xt - shift
+        e = np.exp(t)
+        s = e.sum(axis=1, dtype=np.float64)
+        log_s = np.log(s)
+        lse = shift[:, 0] + log_s
+        q = effective_targets(p)
+        q_sum = q.sum(axis=1, dtype=np.float64)
+        qt = np.where(q != 0, q * t, 0)  # a q == 0 term adds nothing, even at -inf
+        d = qt.sum(axis=1, dtype=np.float64)
+        row = q_sum * log_s - d + p.z_loss * lse * lse
+        row[no_softmax | np.isnan(s)] = np.nan
+        ignored = ignored_rows(p)
+        row[ignored] = 0
+        total = float(np.sum(row, dtype=np.float64))
+        denom = mean_denominator(p)
+        scale = float(np.float64(1.0) / denom) if p.reduction == "mean" else 1.0  # 1/0 = inf, as in C++
+        if p.grad is not None:
+            coef = (q_sum + 2 * p.z_loss * lse) / s
+            coef[no_softmax] = np.nan
+            g = (e * (coef * scale).astype(x.dtype)[:, None] - q * x.dtype.type(scale)).astype(x.dtype)
+            if p.softcap > 0:
+                g *= 1 - th * th
+            g[ignored] = 0
+            p.grad[...] = g
+        reduced = float(np.float64(total) / denom) if p.reduction == "mean" else total
+        return row.astype(x.dtype), reduced
+
+
+def rowwise(op: str, x: np.ndarray) -> np.ndarray:
+    """logsumexp (N,), softmax or log_softmax (N, K) over rows of x (N, K)."""
+    with np.errstate(all="ignore"):
+        m = x.max(axis=1, keepdims=True) if x.shape[0] else np.zeros((0, 1), x.dtype)
+        bad = ~np.isfinite(m)
+        shift = np.where(bad, 0, m).astype(x.dtype)
+        t = x - shift
+        s = np.exp(t).sum(axis=1, keepdims=True, dtype=np.float64)
+        log_s = np.where(bad, np.nan, np.log(s))
+        if op == "logsumexp":
+            return (shift + log_s)[:, 0].astype(x.dtype)
+        if op == "softmax":
+            return (np.exp(t) * np.exp(-log_s)).astype(x.dtype)
+        return (t - log_s).astype(x.dtype)
