@@ -116,7 +116,7 @@ def writable_rows_view(a: np.ndarray, axis: int, name: str) -> np.ndarray:
     k = a.shape[-1]
     try:
         r = a.reshape(-1, k) if a.ndim != 2 else a
-        if not np.shares_memory(r, a, max_work=0) and r.size:
+        if r.size and not np.may_share_memory(r, a):  # reshape had to copy
             raise ValueError
     except ValueError:
         raise ValueError(
