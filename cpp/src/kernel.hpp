@@ -96,7 +96,9 @@ struct RowKernel {
     return V::load(ramp) < V::set1(T(n));
   }
 
-  BlockStats block_stats(int64_t i, int64_t blk) const {
+  // Stats of one block. When `e` is given (a gradient is wanted) it receives
+  // exp(x~_j - ref) for the block's columns, so the gradient pass needs no exp.
+  BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
     const T* x = x_row(i);
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
     const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
@@ -118,16 +120,22 @@ struct RowKernel {
       const int64_t n = std::min<int64_t>(L, j1 - j);
       V xt = capped<kSoftcap>(n == L ? V::load(x + j) : V::load_partial(x + j, n, ninf), cap, inv_cap);
       V t = xt - ref;
-      if (finite_max) s = s + vexp(t);
+      V ev = vexp_nonpos(t);
+      s = s + ev;
+      if (e) {
+        if (n == L) ev.store(e + j);
+        else ev.store_partial(e + j, n);
+      }
       if constexpr (kSmooth) {
         V q = dense_q(i, j, n);
         qs = qs + q;
         ds = ds + select(q != zero, q * t, zero);  // a q == 0 term adds nothing, even at -inf
       }
     }
+    // +inf in the block: no softmax. All -inf: no contribution, unless a NaN hides
+    // there (max() skips NaN, so look).
     st.s = finite_max ? double(reduce_add(s)) : kNaN;
     if (st.max == -kInf) {
-      // All -inf (masked) or NaN: no contribution unless a NaN hides here.
       bool has_nan = false;
       for (j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
       st.s = has_nan ? kNaN : 0.0;
@@ -182,36 +190,45 @@ struct RowKernel {
     return r;
   }
 
-  void block_grad(int64_t i, int64_t blk, const RowResult& r) const {
+  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j), from the block's
+  // stored exponentials e. `stream`: non-temporal stores (gradient >> cache).
+  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e,
+                  bool stream) const {
     T* g = pr.p->grad + i * pr.p->grad_row_stride;
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
-    if (r.ignored) {
+    if (r.ignored) {  // e holds another row's values here
       std::fill(g + j0, g + j1, T(0));
       return;
     }
-    const T* x = x_row(i);
-    const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
-    const V shift = V::set1(T(r.shift));
-    const V coef = V::set1(T(r.coef * pr.scale));
+    double c = 0;  // an all -inf block has e == 0: only -q remains
+    if (std::isnan(r.coef)) c = kNaN;
+    else if (st.max != -kInf) c = r.coef * pr.scale * std::exp(st.ref - r.shift);
+    const V coef = V::set1(T(c));
     const V scale = V::set1(T(pr.scale));
-    const T ninf = -std::numeric_limits<T>::infinity();
-    for (int64_t j = j0; j < j1; j += L) {
-      const int64_t n = std::min<int64_t>(L, j1 - j);
-      V xv = n == L ? V::load(x + j) : V::load_partial(x + j, n, ninf);
-      V xt, dcap;
-      if constexpr (kSoftcap) {
-        V th = vtanh(xv * inv_cap);
-        xt = cap * th;
-        dcap = V::set1(T(1)) - th * th;
-      } else {
-        xt = xv;
-      }
-      V gv = vexp(xt - shift) * coef;
+    const V inv_cap = V::set1(pr.inv_softcap);
+    const T* x = x_row(i);
+    auto value = [&](int64_t j, int64_t n) {
+      V gv = (n == L ? V::load(e + j) : V::load_partial(e + j, n, T(0))) * coef;
       if constexpr (kSmooth) gv = gv - dense_q(i, j, n) * scale;
-      if constexpr (kSoftcap) gv = gv * dcap;
-      if (n == L) gv.store(g + j);
-      else gv.store_partial(g + j, n);
+      if constexpr (kSoftcap) {
+        V th = vtanh((n == L ? V::load(x + j) : V::load_partial(x + j, n, T(0))) * inv_cap);
+        gv = gv * (V::set1(T(1)) - th * th);
+      }
+      return gv;
+    };
+    int64_t j = j0;
+    if (stream) {
+      // Ordinary stores up to the first aligned address, then streaming stores.
+      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
+      const int64_t head = misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0;
+      if (misalign % sizeof(T) == 0 && head < L) {
+        if (head > 0) value(j, std::min(head, j1 - j)).store_partial(g + j, std::min(head, j1 - j));
+        j += std::min(head, j1 - j);
+        for (; j + L <= j1; j += L) value(j, L).stream(g + j);
+      }
     }
+    for (; j + L <= j1; j += L) value(j, L).store(g + j);
+    if (j < j1) value(j, j1 - j).store_partial(g + j, j1 - j);
   }
 
   // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
@@ -277,32 +294,41 @@ struct SparseEntries {
 
 // Rows below this many elements in total stay on the calling thread.
 constexpr int64_t kMinParallelElements = int64_t(1) << 18;
+// Gradients above this many bytes are written with non-temporal stores: they
+// cannot stay in cache anyway, and streaming skips reading their lines first.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 template <class K, class Entries>
 void drive(const K& kern, const Entries& entries, typename K::V::value_type* row_loss) {
   using T = typename K::V::value_type;
+  using V = typename K::V;
   const Problem<T>& p = *kern.pr.p;
-  const int64_t n = p.rows, nb = num_blocks(p.classes);
+  const int64_t n = p.rows, k = p.classes, nb = num_blocks(k);
   const bool want_grad = p.grad != nullptr;
-  const int threads = int64_t(n) * p.classes < kMinParallelElements ? 1 : num_threads();
+  const bool stream = want_grad && n * k * int64_t(sizeof(T)) >= kStreamBytes;
+  const int threads = n * k < kMinParallelElements ? 1 : num_threads();
 
   if (n >= threads || nb == 1) {
     // Whole rows per task.
     auto body = [&](int64_t r0, int64_t r1) {
       thread_local std::vector<BlockStats> stats;
+      thread_local std::vector<T> exps;  // one row of exp(x~ - ref): K values, no N x K temporary
       thread_local std::vector<T> corr;
       stats.resize(size_t(nb));
+      if (want_grad) exps.resize(size_t(k));
+      T* e = want_grad ? exps.data() : nullptr;
       for (int64_t i = r0; i < r1; ++i) {
         const bool skip = entries.ignored(i);
         if (!skip)
-          for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b);
+          for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, e);
         RowResult r = kern.combine(i, stats.data(), nb, entries);
         row_loss[i] = T(r.loss);
         if (!want_grad) continue;
         kern.entry_corrections(i, r, entries, corr);
-        for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r);
+        for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, stream);
         kern.apply_corrections(i, r, entries, corr);
       }
+      if (stream) V::stream_fence();
     };
     if (threads == 1) body(0, n);
     else detail::parallel_for(n, body);
@@ -312,9 +338,11 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
   // Few rows, many columns: split each row's blocks across threads. Same block
   // stats, same combine order as above, hence the same bits.
   std::vector<BlockStats> stats(static_cast<size_t>(n * nb));
+  std::vector<T> exps(want_grad ? static_cast<size_t>(n * k) : 0);  // n < threads rows
   auto stats_body = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      if (!entries.ignored(t / nb)) stats[size_t(t)] = kern.block_stats(t / nb, t % nb);
+      if (!entries.ignored(t / nb))
+        stats[size_t(t)] = kern.block_stats(t / nb, t % nb, want_grad ? exps.data() + (t / nb) * k : nullptr);
   };
   detail::parallel_for(n * nb, stats_body);
   std::vector<RowResult> results(static_cast<size_t>(n));
@@ -326,7 +354,9 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
   }
   if (!want_grad) return;
   auto grad_body = [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) kern.block_grad(t / nb, t % nb, results[size_t(t / nb)]);
+    for (int64_t t = t0; t < t1; ++t)
+      kern.block_grad(t / nb, t % nb, results[size_t(t / nb)], stats[size_t(t)], exps.data() + (t / nb) * k, stream);
+    if (stream) V::stream_fence();
   };
   detail::parallel_for(n * nb, grad_body);
   for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
@@ -416,7 +446,7 @@ void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs
     thread_local std::vector<BlockStats> stats;
     stats.resize(size_t(nb));
     for (int64_t i = r0; i < r1; ++i) {
-      for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b);
+      for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, nullptr);
       RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: loss = 0, coef = 1/S
       if (op == RowOp::logsumexp) {
         out[i * os] = T(r.lse);

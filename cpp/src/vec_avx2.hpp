@@ -25,6 +25,11 @@ struct Vec<float> {
   }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm256_maskstore_ps(p, tail_mask(n), v); }
+  // Non-temporal store (p 32-byte aligned): bypasses the cache, so writing a
+  // gradient bigger than the cache costs no read-for-ownership of its lines.
+  static constexpr uintptr_t stream_alignment = 32;
+  void stream(float* p) const { _mm256_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
@@ -78,6 +83,11 @@ struct Vec<double> {
   }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm256_maskstore_pd(p, tail_mask(n), v); }
+  // Non-temporal store (p 32-byte aligned): bypasses the cache, so writing a
+  // gradient bigger than the cache costs no read-for-ownership of its lines.
+  static constexpr uintptr_t stream_alignment = 32;
+  void stream(double* p) const { _mm256_stream_pd(p, v); }
+  static void stream_fence() { _mm_sfence(); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_pd(a.v, b.v)}; }

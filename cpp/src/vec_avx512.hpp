@@ -22,6 +22,9 @@ struct Vec<float> {
   }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store_partial(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+  static constexpr uintptr_t stream_alignment = 64;
+  void stream(float* p) const { _mm512_stream_ps(p, v); }
+  static void stream_fence() { _mm_sfence(); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -77,6 +80,9 @@ struct Vec<double> {
   }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void store_partial(double* p, int64_t n) const { _mm512_mask_storeu_pd(p, tail_mask(n), v); }
+  static constexpr uintptr_t stream_alignment = 64;
+  void stream(double* p) const { _mm512_stream_pd(p, v); }
+  static void stream_fence() { _mm_sfence(); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.v, b.v)}; }

@@ -28,6 +28,10 @@ struct Vec {
   }
   void store(T* p) const { std::memcpy(p, v, sizeof(v)); }
   void store_partial(T* p, int64_t n) const { for (int i = 0; i < L && i < n; ++i) p[i] = v[i]; }
+  // No portable non-temporal store: streaming falls back to ordinary stores.
+  static constexpr uintptr_t stream_alignment = sizeof(T);
+  void stream(T* p) const { store(p); }
+  static void stream_fence() {}
 
   friend Vec operator+(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] += b.v[i]; return a; }
   friend Vec operator-(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] -= b.v[i]; return a; }
@@ -53,8 +57,8 @@ struct Vec {
     using I = typename IntOf<T>::type;
     Vec r;
     for (int i = 0; i < L; ++i) {
-      // NaN lanes (whose result is NaN anyway) map to 0: converting NaN is UB.
-      I k = n.v[i] == n.v[i] ? static_cast<I>(n.v[i]) : I(0);
+      // NaN / inf lanes (whose result is NaN anyway) map to 0: converting them is UB.
+      I k = (n.v[i] > T(-4096) && n.v[i] < T(4096)) ? static_cast<I>(n.v[i]) : I(0);
       I bits = static_cast<I>(k + IntOf<T>::bias) << IntOf<T>::mant;
       std::memcpy(&r.v[i], &bits, sizeof(T));
     }

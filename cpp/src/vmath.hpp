@@ -78,6 +78,21 @@ inline V exp_poly(V r) {
   }
 }
 
+// exp for the kernels' own arguments x~ - max <= 0 (or NaN): no overflow branch
+// and one scaling step. Results below the smallest normal (2^-126 / 2^-1022) are
+// flushed to 0: every sum they join is >= 1, so they change nothing but rounding.
+template <class V, class T = typename V::value_type>
+inline V vexp_nonpos(V x) {
+  using C = ExpConstants<T>;
+  const V lo = V::set1(T(sizeof(T) == 4 ? -87.3 : -708.3));  // exp(lo) ~ smallest normal
+  V xc = max(lo, x);  // NaN survives: max returns its second operand
+  V magic = V::set1(C::round_magic);
+  V n = (xc * V::set1(C::log2e) + magic) - magic;
+  V r = fmadd(n, V::set1(-C::ln2_hi), xc);
+  r = fmadd(n, V::set1(-C::ln2_lo), r);
+  return select(x < lo, V::set1(T(0)), exp_poly(r) * pow2i(n));
+}
+
 // tanh: an odd rational/polynomial (Cephes) for |x| < 0.625, where 1 - 2/(e^2x + 1)
 // would cancel; that formula elsewhere (it saturates cleanly to +-1 for large |x|).
 template <class V, class T = typename V::value_type>
