@@ -98,19 +98,52 @@ def normalize_axis(axis: Any, ndim: int) -> int:
     return ax % ndim
 
 
+def _canonical(r: np.ndarray) -> np.ndarray:
+    """The same (rows, classes) memory with strides the kernels can take literally.
+
+    NumPy gives empty arrays zero strides and leaves the stride of a length-1 axis
+    arbitrary; neither says anything about memory, so they are replaced by the
+    C-contiguous ones (no element is reached through a stride that was not there).
+    """
+    n, k = r.shape
+    row, col = r.strides
+    if r.size == 0:
+        row, col = k * r.itemsize, r.itemsize
+    else:
+        if n == 1:
+            row = k * r.itemsize
+        if k == 1:
+            col = r.itemsize
+    if (row, col) != r.strides:
+        r = np.lib.stride_tricks.as_strided(r, (n, k), (row, col))
+    return r
+
+
+def _kernel_layout(r: np.ndarray) -> bool:
+    """True when the kernels can read r (rows, classes) in place: unit column stride,
+    a row stride in whole items, and aligned data (the C++ side dereferences T*)."""
+    return r.flags.aligned and r.strides[0] % r.itemsize == 0 and (r.shape[1] == 1 or r.strides[1] == r.itemsize)
+
+
 def rows_view(a: np.ndarray, axis: int) -> np.ndarray:
     """(rows, classes) view with the class axis last; copies only when no view exists."""
     if axis != a.ndim - 1:
         a = np.moveaxis(a, axis, -1)
     k = a.shape[-1]
-    r = a.reshape(-1, k) if a.ndim != 2 else a
-    if k > 1 and r.strides[1] != r.itemsize or r.strides[0] % r.itemsize:
-        r = np.ascontiguousarray(r)
+    r = _canonical(a.reshape(-1, k) if a.ndim != 2 else a)
+    if not _kernel_layout(r):
+        r = np.ascontiguousarray(r)  # always aligned, unit strides
     return r
 
 
+def empty_rows(n: int, k: int, dtype: np.dtype) -> np.ndarray:
+    """A fresh (n, k) array with strides the kernels accept (also when n == 0)."""
+    return _canonical(np.empty((n, k), dtype=dtype))
+
+
 def writable_rows_view(a: np.ndarray, axis: int, name: str) -> np.ndarray:
-    """Like rows_view but never copies: writes must land in `a` itself."""
+    """Like rows_view but never copies: writes must land in `a` itself, and no two
+    elements may share memory (threads write rows concurrently)."""
     if axis != a.ndim - 1:
         a = np.moveaxis(a, axis, -1)
     k = a.shape[-1]
@@ -120,12 +153,50 @@ def writable_rows_view(a: np.ndarray, axis: int, name: str) -> np.ndarray:
             raise ValueError
     except ValueError:
         raise ValueError(
-            f"{name}: its layout cannot be viewed as rows of classes without a copy; "
-            "pass an array that is contiguous along the class axis"
+            f"{name}: its layout (shape {a.shape}, strides {a.strides}) cannot be viewed as rows of classes "
+            "without a copy; pass an array that is contiguous along the class axis"
         ) from None
-    if k > 1 and r.strides[1] != r.itemsize or r.strides[0] % r.itemsize:
-        raise ValueError(f"{name}: must be contiguous along the class axis (stride {r.strides[-1]} bytes)")
+    r = _canonical(r)
+    if not _kernel_layout(r):
+        what = "is not aligned to its item size" if not r.flags.aligned else f"has class-axis stride {r.strides[1]} bytes"
+        raise ValueError(
+            f"{name}: must be contiguous along the class axis and aligned (it {what}); "
+            "the gradient is written without a copy"
+        )
+    n = r.shape[0]
+    if n > 1 and abs(r.strides[0]) < k * r.itemsize:
+        raise ValueError(
+            f"{name}: its rows overlap in memory (row stride {r.strides[0]} bytes < {k} classes x {r.itemsize} bytes); "
+            "every gradient element needs its own memory"
+        )
     return r
+
+
+def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact overlap test (bounds first: cheap, and exact only when they overlap)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10**6))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _writable_view_of(obj: Any, arr: np.ndarray, name: str) -> None:
+    """Refuses a destination whose writes would not reach the caller's object."""
+    if not arr.flags.writeable:
+        raise ValueError(f"{name}: is read-only; the gradient is written into it")
+    if not isinstance(obj, np.ndarray) and arr.base is None:
+        raise TypeError(
+            f"{name}: expected an array whose memory can be written in place (ndarray, writable buffer, "
+            f"CPU tensor), got {type(obj).__name__}, which NumPy could only copy"
+        )
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {_describe(value)}")
+    return bool(value)
 
 
 def check_reduction(reduction: Any) -> str:
@@ -161,11 +232,13 @@ def prepare_loss(
     label_smoothing: Any,
     z_loss: Any,
     softcap: Any,
-    return_grad: bool,
+    return_grad: Any,
     out: Any,
-    inplace: bool,
+    inplace: Any,
 ) -> LossProblem:
     p = LossProblem()
+    return_grad = _check_bool(return_grad, "return_grad")
+    inplace = _check_bool(inplace, "inplace")
     x = check_logits(logits)
     ax = normalize_axis(axis, x.ndim)
     k = x.shape[ax]
@@ -192,7 +265,11 @@ def prepare_loss(
         w = as_array(weight, "weight")
         if w.shape != (k,) or w.dtype.kind not in "fiu":
             raise ValueError(f"weight: expected a real array of shape ({k},) (one per class), got {_describe(w)}")
-        p.weight = np.ascontiguousarray(w, dtype=dtype)
+        w = np.require(w, dtype=dtype, requirements=["C", "A"])
+        if not np.isfinite(w).all():
+            bad = int(np.flatnonzero(~np.isfinite(w))[0])
+            raise ValueError(f"weight: must be finite, got {w[bad]} for class {bad}")
+        p.weight = w
 
     # ---- targets
     p.dense = p.index = p.sparse = None
@@ -208,20 +285,33 @@ def prepare_loss(
             raise IndexError(f"targets: sparse class index {bad} is out of range for {k} classes")
         if p.ignore_index >= 0:
             raise ValueError("ignore_index: is only supported with integer class-index targets")
-        if t.values is not None and t.values.dtype != dtype:
-            t = SparseTargets(t.indptr, t.indices, np.ascontiguousarray(t.values, dtype=dtype))
+        # The kernels read these as contiguous, aligned int64 / logits-dtype arrays.
+        indptr = np.require(t.indptr, np.int64, ["C", "A"])
+        indices = np.require(t.indices, np.int64, ["C", "A"])
+        values = None if t.values is None else np.require(t.values, dtype, ["C", "A"])
+        if indptr is not t.indptr or indices is not t.indices or values is not t.values:
+            t = SparseTargets(indptr, indices, values)
         p.kind, p.sparse = "sparse", t
     else:
         t = as_array(targets, "targets")
         if t.dtype.kind in "iu":
             if t.shape != lead_shape:
+                hint = " (multi-hot targets of the logits' shape must be float or bool)" if t.shape == x.shape else ""
                 raise ValueError(
                     f"targets: integer class indices must have shape {lead_shape} "
-                    f"(logits' shape without axis {ax}), got {t.shape}"
+                    f"(logits' shape without axis {ax}), got {t.shape}{hint}"
                 )
             idx = t.reshape(-1)
+            if idx.size and idx.dtype.kind == "u" and idx.dtype.itemsize == 8 and int(idx.max()) >= k:
+                bad = int(idx[idx >= k][0])  # before the cast to int64, which would wrap it
+                raise IndexError(
+                    f"targets: class index {bad} is out of range for {k} classes "
+                    f"(expected 0 <= index < {k}, or ignore_index={p.ignore_index})"
+                )
             if idx.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
                 idx = idx.astype(np.int64)
+            if not idx.flags.aligned or idx.strides[0] % idx.itemsize:
+                idx = np.ascontiguousarray(idx)  # the kernel steps through it in whole items
             if idx.size:
                 lo, hi = int(idx.min()), int(idx.max())
                 if lo < 0 or hi >= k:
@@ -234,9 +324,12 @@ def prepare_loss(
             p.kind, p.index = "index", idx
         elif t.dtype.kind in "fb":
             if t.shape != x.shape:
+                hint = ""
+                if t.shape == lead_shape:
+                    hint = f"; class indices must have an integer dtype, not {t.dtype}"
                 raise ValueError(
                     f"targets: dense (probability / multi-hot) targets must have the logits' shape "
-                    f"{x.shape}, got {t.shape}"
+                    f"{x.shape}, got {t.shape}{hint}"
                 )
             if p.ignore_index >= 0:
                 raise ValueError("ignore_index: is not supported with dense (floating point) targets, as in PyTorch")
@@ -246,42 +339,51 @@ def prepare_loss(
         else:
             raise TypeError(
                 f"targets: expected integer class indices, float/bool dense targets or SparseTargets, "
-                f"got dtype {t.dtype}"
+                f"got {_describe(targets) if t.dtype.kind == 'O' else f'dtype {t.dtype}'}"
             )
 
     # ---- gradient destination
+    # Everything the kernels read besides logits: the gradient must not land on it.
+    reads = [a for a in (p.dense, p.index, p.weight) if a is not None]
+    if p.sparse is not None:
+        reads += [a for a in (p.sparse.indptr, p.sparse.indices, p.sparse.values) if a is not None]
     p.grad = p.grad_result = None
     if inplace and out is not None:
         raise ValueError("out: cannot be combined with inplace=True (the gradient goes into logits)")
-    if inplace and not return_grad:
-        raise ValueError("inplace: requires return_grad=True")
+    if not return_grad and (inplace or out is not None):
+        raise ValueError(f"{'inplace' if inplace else 'out'}: requires return_grad=True (it receives the gradient)")
     if inplace:
-        if isinstance(logits, np.ndarray) and x is not logits:
-            raise ValueError("inplace: logits must be float32/float64 in native byte order (no converting copy)")
-        if not isinstance(logits, np.ndarray) and x.base is None:
-            raise ValueError(f"inplace: logits must be an array whose memory can be written, got {type(logits).__name__}")
-        if not x.flags.writeable:
-            raise ValueError("inplace: logits is read-only")
+        if x.dtype != as_array(logits, "logits").dtype:
+            raise ValueError(
+                f"inplace: logits of dtype {as_array(logits, 'logits').dtype} (non-native byte order) "
+                "would need a converting copy; pass native float32/float64"
+            )
+        _writable_view_of(logits, x, "logits (inplace=True)")
         p.x = writable_rows_view(x, ax, "logits (inplace=True)")
+        for a in reads:
+            if _shares_memory(x, a):
+                raise ValueError("inplace: logits shares memory with targets or weight, which are read while it is written")
         p.grad, p.grad_result = p.x, x
     else:
         p.x = rows_view(x, ax)
         if return_grad:
             if out is None:
                 moved = np.empty(x.shape[:ax] + x.shape[ax + 1 :] + (k,), dtype=dtype)
-                p.grad = moved.reshape(-1, k)
+                p.grad = _canonical(moved.reshape(-1, k))
                 p.grad_result = np.moveaxis(moved, -1, ax) if ax != x.ndim - 1 else moved
             else:
-                if not isinstance(out, np.ndarray):
-                    raise TypeError(f"out: expected a NumPy array, got {type(out).__name__}")
-                if out.shape != x.shape or out.dtype != dtype:
+                o = as_array(out, "out")
+                if o.shape != x.shape or o.dtype != dtype:
                     raise ValueError(
-                        f"out: expected shape {x.shape} and dtype {dtype}, got shape {out.shape} dtype {out.dtype}"
+                        f"out: expected shape {x.shape} and dtype {dtype} (native byte order), "
+                        f"got shape {o.shape} and dtype {o.dtype}"
                     )
-                if not out.flags.writeable:
-                    raise ValueError("out: is read-only")
-                inputs = [x, *(a for a in (p.dense, p.index, p.weight) if a is not None)]
-                if any(np.may_share_memory(out, a) for a in inputs):
-                    raise ValueError("out: overlaps an input; use inplace=True to write the gradient into logits")
-                p.grad, p.grad_result = writable_rows_view(out, ax, "out"), out
+                _writable_view_of(out, o, "out")
+                for a in [x, p.x, *reads]:
+                    if _shares_memory(o, a):
+                        raise ValueError(
+                            "out: shares memory with an input (logits, targets or weight); "
+                            "use inplace=True to write the gradient into logits"
+                        )
+                p.grad, p.grad_result = writable_rows_view(o, ax, "out"), o
     return p

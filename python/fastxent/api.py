@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _backend, numpy_backend
-from ._validate import as_array, check_backend, check_logits, normalize_axis, prepare_loss, rows_view
+from ._validate import as_array, check_backend, check_logits, empty_rows, normalize_axis, prepare_loss, rows_view
 
 Reduction = Literal["none", "sum", "mean"]
 Backend = Literal["auto", "cpp", "numpy"] | None
@@ -92,9 +92,9 @@ def softmax_cross_entropy(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
-        return_grad=bool(return_grad),
+        return_grad=return_grad,
         out=out,
-        inplace=bool(inplace),
+        inplace=inplace,
     )
     core = _pick_core(be)
     n = p.x.shape[0]
@@ -137,7 +137,8 @@ def _rowwise(op: str, x: Any, axis: int, backend: Backend) -> np.ndarray:
     if core is None:
         res = numpy_backend.rowwise(op, rows)
     else:
-        res = np.empty(rows.shape[0] if op == "logsumexp" else rows.shape, dtype=arr.dtype)
+        n = rows.shape[0]
+        res = np.empty(n, dtype=arr.dtype) if op == "logsumexp" else empty_rows(n, k, arr.dtype)
         core.rowwise(op, rows, res)
     if op == "logsumexp":
         return res.reshape(lead)
