@@ -73,7 +73,7 @@ def as_array(obj: Any, name: str) -> np.ndarray:
             pass  # e.g. a tensor that requires grad: fall through to __array__
     try:
         return np.asarray(obj)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
+    except Exception as exc:  # re-raised with the argument's name
         raise TypeError(f"{name}: expected an array, got {type(obj).__name__} ({exc})") from exc
 
 

@@ -7,7 +7,15 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _backend, numpy_backend
-from ._validate import as_array, check_backend, check_logits, empty_rows, normalize_axis, prepare_loss, rows_view
+from ._validate import (
+    as_array,
+    check_backend,
+    check_logits,
+    empty_rows,
+    normalize_axis,
+    prepare_loss,
+    rows_view,
+)
 
 Reduction = Literal["none", "sum", "mean"]
 Backend = Literal["auto", "cpp", "numpy"] | None

@@ -1,0 +1,483 @@
+"""The bad-input table of docs/bad_inputs.md, one test case per row, both backends.
+
+Errors: the exact exception type, and a message that starts with the argument's
+name. Documented values: compared with tests/reference.py row by row, with the
+special rows checked for exactly the documented special value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fastxent as fx
+import numpy as np
+import pytest
+import scipy.sparse
+from reference import cross_entropy
+
+f = fx.softmax_cross_entropy
+N, K = 4, 5
+_RNG = np.random.default_rng(7)
+X = _RNG.standard_normal((N, K)).astype(np.float32)
+Y = np.array([0, 1, 2, 3])
+
+
+def x() -> np.ndarray:
+    return X.copy()
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def misaligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A C-contiguous, writable array whose data starts 1 byte off its alignment."""
+    dt = np.dtype(dtype)
+    buf = np.zeros(int(np.prod(shape)) * dt.itemsize + 1, np.uint8)
+    a = buf[1:].view(dt).reshape(shape)
+    assert not a.flags.aligned
+    return a
+
+
+def overlapping_rows() -> np.ndarray:
+    a = np.lib.stride_tricks.as_strided(np.zeros(K, np.float32), (N, K), (0, 4))
+    assert a.flags.writeable
+    return a
+
+
+def out_is_targets(b: str) -> Any:
+    t = np.zeros((N, K), np.float32)
+    return f(x(), t, out=t, backend=b)
+
+
+def out_view_of_logits(b: str) -> Any:
+    a = x()
+    return f(a, Y, out=a[...], backend=b)
+
+
+def inplace_aliased_targets(b: str) -> Any:
+    a = x()
+    return f(a, a, inplace=True, backend=b)
+
+
+Call = Callable[[str], Any]
+
+# id -> (call with backend b, exception type, regex the message must match)
+ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
+    "logits-0d": (lambda b: f(np.float32(1), np.int64(0), backend=b), ValueError, r"^logits: expected at least 1 dim"),
+    "logits-int": (lambda b: f(x().astype(int), Y, backend=b), TypeError, r"^logits: .*got dtype int64"),
+    "logits-complex": (lambda b: f(x().astype(complex), Y, backend=b), TypeError, r"^logits: .*got dtype complex128"),
+    "logits-string": (lambda b: f(np.array([["a", "b"]]), [0], backend=b), TypeError, r"^logits: .*got dtype <U1"),
+    "logits-object": (lambda b: f(x().astype(object), Y, backend=b), TypeError, r"^logits: .*got dtype object"),
+    "logits-float16": (lambda b: f(x().astype(np.float16), Y, backend=b), TypeError, r"^logits: .*got dtype float16"),
+    "logits-k0": (lambda b: f(np.zeros((N, 0), np.float32), Y, backend=b), ValueError, r"^logits: the class axis \(1\) has length 0"),
+    "rowwise-0d": (lambda b: fx.logsumexp(np.float64(1), backend=b), ValueError, r"^x: expected at least 1 dim"),
+    "rowwise-int": (lambda b: fx.softmax(np.arange(3), backend=b), TypeError, r"^x: expected float32 or float64"),
+    "rowwise-k0": (lambda b: fx.log_softmax(np.zeros((2, 0)), backend=b), ValueError, r"^x: axis 1 has length 0"),
+    "targets-float-labels": (
+        lambda b: f(x(), Y.astype(np.float32), backend=b),
+        ValueError,
+        r"^targets: dense .*got \(4,\); class indices must have an integer dtype",
+    ),
+    "targets-label-too-big": (
+        lambda b: f(x(), np.array([0, 1, 2, 5]), backend=b), IndexError, r"^targets: class index 5 is out of range for 5"
+    ),
+    "targets-label-negative": (
+        lambda b: f(x(), np.array([0, 1, 2, -1]), backend=b), IndexError, r"^targets: class index -1 is out of range"
+    ),
+    "targets-label-uint64": (
+        lambda b: f(x(), np.array([0, 1, 2, 2**63], np.uint64), backend=b),
+        IndexError,
+        r"^targets: class index 9223372036854775808 is out of range",
+    ),
+    "targets-index-shape": (
+        lambda b: f(x(), Y[:3], backend=b), ValueError, r"^targets: integer class indices must have shape \(4,\)"
+    ),
+    "targets-int-multihot": (
+        lambda b: f(x(), (X > 0).astype(int), backend=b), ValueError, r"^targets: .*multi-hot .* must be float or bool"
+    ),
+    "targets-dense-shape": (
+        lambda b: f(x(), np.zeros((N, 4), np.float32), backend=b),
+        ValueError,
+        r"^targets: dense .* shape \(4, 5\), got \(4, 4\)$",
+    ),
+    "targets-string": (
+        lambda b: f(x(), np.array(["a"] * N), backend=b), TypeError, r"^targets: expected integer class indices"
+    ),
+    "targets-none": (lambda b: f(x(), None, backend=b), TypeError, r"^targets: expected .*NoneType"),
+    "weight-shape": (
+        lambda b: f(x(), Y, weight=np.ones(4), backend=b), ValueError, r"^weight: expected a real array of shape \(5,\)"
+    ),
+    "weight-complex": (
+        lambda b: f(x(), Y, weight=np.ones(K, complex), backend=b), ValueError, r"^weight: expected a real array"
+    ),
+    "weight-nan": (
+        lambda b: f(x(), Y, weight=[1, 1, np.nan, 1, 1], backend=b), ValueError, r"^weight: must be finite, got nan for class 2"
+    ),
+    "weight-inf": (
+        lambda b: f(x(), Y, weight=[1, 1, 1, np.inf, 1], backend=b), ValueError, r"^weight: must be finite, got inf for class 3"
+    ),
+    "out-shape": (
+        lambda b: f(x(), Y, out=np.empty((N, 4), np.float32), backend=b), ValueError, r"^out: expected shape \(4, 5\)"
+    ),
+    "out-dtype": (
+        lambda b: f(x(), Y, out=np.empty((N, K)), backend=b), ValueError, r"^out: expected .*dtype float32.*float64"
+    ),
+    "out-byteorder": (
+        lambda b: f(x(), Y, out=np.empty((N, K), ">f4"), backend=b), ValueError, r"^out: .*native byte order.*>f4"
+    ),
+    "out-layout": (
+        lambda b: f(x(), Y, out=np.empty((N, K), np.float32, order="F"), backend=b),
+        ValueError,
+        r"^out: must be contiguous along the class axis",
+    ),
+    "out-misaligned": (
+        lambda b: f(x(), Y, out=misaligned((N, K), np.float32), backend=b), ValueError, r"^out: .*it is not aligned"
+    ),
+    "out-rows-overlap": (
+        lambda b: f(x(), Y, out=overlapping_rows(), backend=b), ValueError, r"^out: its rows overlap in memory"
+    ),
+    "out-is-targets": (
+        out_is_targets,
+        ValueError,
+        r"^out: shares memory with an input",
+    ),
+    "out-view-of-logits": (
+        out_view_of_logits,
+        ValueError,
+        r"^out: shares memory with an input.*inplace=True",
+    ),
+    "out-read-only": (
+        lambda b: f(x(), Y, out=read_only(np.empty((N, K), np.float32)), backend=b), ValueError, r"^out: is read-only"
+    ),
+    "out-copy-only": (
+        lambda b: f(x().astype(np.float64), Y, out=[[0.0] * K] * N, backend=b),
+        TypeError,
+        r"^out: expected an array whose memory can be written in place",
+    ),
+    "out-with-inplace": (
+        lambda b: f(x(), Y, out=np.empty((N, K), np.float32), inplace=True, backend=b),
+        ValueError,
+        r"^out: cannot be combined with inplace=True",
+    ),
+    "out-without-grad": (
+        lambda b: f(x(), Y, out=np.empty((N, K), np.float32), return_grad=False, backend=b),
+        ValueError,
+        r"^out: requires return_grad=True",
+    ),
+    "inplace-read-only": (
+        lambda b: f(read_only(x()), Y, inplace=True, backend=b), ValueError, r"^logits \(inplace=True\): is read-only"
+    ),
+    "inplace-non-contiguous": (
+        lambda b: f(np.asfortranarray(x()), Y, inplace=True, backend=b),
+        ValueError,
+        r"^logits \(inplace=True\): must be contiguous along the class axis",
+    ),
+    "inplace-unviewable": (
+        lambda b: f(np.zeros((2, 6, K), np.float32)[:, :3, :], np.zeros((2, 3), int), inplace=True, backend=b),
+        ValueError,
+        r"^logits \(inplace=True\): its layout .* cannot be viewed as rows of classes without a copy",
+    ),
+    "inplace-int": (
+        lambda b: f(x().astype(int), Y, inplace=True, backend=b), TypeError, r"^logits: expected float32 or float64"
+    ),
+    "inplace-byteorder": (
+        lambda b: f(x().astype(">f4"), Y, inplace=True, backend=b),
+        ValueError,
+        r"^inplace: logits of dtype >f4 \(non-native byte order\) would need a converting copy",
+    ),
+    "inplace-copy-only": (
+        lambda b: f(X.tolist(), Y, inplace=True, backend=b),
+        TypeError,
+        r"^logits \(inplace=True\): expected an array whose memory can be written in place",
+    ),
+    "inplace-aliased-targets": (
+        inplace_aliased_targets,
+        ValueError,
+        r"^inplace: logits shares memory with targets or weight",
+    ),
+    "inplace-without-grad": (
+        lambda b: f(x(), Y, inplace=True, return_grad=False, backend=b), ValueError, r"^inplace: requires return_grad=True"
+    ),
+    "inplace-not-bool": (lambda b: f(x(), Y, inplace="yes", backend=b), TypeError, r"^inplace: expected True or False"),
+    "return-grad-not-bool": (
+        lambda b: f(x(), Y, return_grad="no", backend=b), TypeError, r"^return_grad: expected True or False"
+    ),
+    "reduction-bad": (
+        lambda b: f(x(), Y, reduction="avg", backend=b), ValueError, r"^reduction: expected one of .*got 'avg'"
+    ),
+    "backend-bad": (lambda b: f(x(), Y, backend="gpu"), ValueError, r"^backend: expected None, 'auto', 'cpp' or 'numpy', got 'gpu'"),
+    "axis-out-of-range": (
+        lambda b: f(x(), Y, axis=2, backend=b), ValueError, r"^axis: 2 is out of bounds for logits with 2 dimensions"
+    ),
+    "axis-not-int": (lambda b: f(x(), Y, axis=1.0, backend=b), TypeError, r"^axis: expected an int, got float 1.0"),
+    "label-smoothing-negative": (
+        lambda b: f(x(), Y, label_smoothing=-0.1, backend=b), ValueError, r"^label_smoothing: expected a value in \[0.0, 1.0\]"
+    ),
+    "label-smoothing-above-1": (
+        lambda b: f(x(), Y, label_smoothing=1.1, backend=b), ValueError, r"^label_smoothing: expected a value in \[0.0, 1.0\]"
+    ),
+    "label-smoothing-nan": (
+        lambda b: f(x(), Y, label_smoothing=float("nan"), backend=b), ValueError, r"^label_smoothing: .*got nan"
+    ),
+    "z-loss-negative": (lambda b: f(x(), Y, z_loss=-1.0, backend=b), ValueError, r"^z_loss: expected a value in \[0.0,"),
+    "z-loss-inf": (lambda b: f(x(), Y, z_loss=float("inf"), backend=b), ValueError, r"^z_loss: .*got inf"),
+    "softcap-zero": (lambda b: f(x(), Y, softcap=0, backend=b), ValueError, r"^softcap: expected a value in \(0.0,"),
+    "softcap-negative": (lambda b: f(x(), Y, softcap=-1.0, backend=b), ValueError, r"^softcap: expected a value in \(0.0,"),
+    "softcap-inf": (lambda b: f(x(), Y, softcap=float("inf"), backend=b), ValueError, r"^softcap: .*got inf"),
+    "ignore-index-float": (
+        lambda b: f(x(), Y, ignore_index=1.0, backend=b), TypeError, r"^ignore_index: expected an int"
+    ),
+    "ignore-index-dense": (
+        lambda b: f(x(), np.zeros((N, K), np.float32), ignore_index=0, backend=b),
+        ValueError,
+        r"^ignore_index: is not supported with dense",
+    ),
+    "sparse-index-too-big": (
+        lambda b: f(x(), fx.SparseTargets([0, 1, 1, 1, 1], [7]), backend=b),
+        IndexError,
+        r"^targets: sparse class index 7 is out of range for 5 classes",
+    ),
+    "sparse-index-negative": (
+        lambda b: f(x(), fx.SparseTargets([0, 1, 1, 1, 1], [-1]), backend=b),
+        IndexError,
+        r"^targets: sparse class index -1 is out of range",
+    ),
+    "sparse-rows": (
+        lambda b: f(x(), fx.SparseTargets([0, 1, 1], [0]), backend=b),
+        ValueError,
+        r"^targets: SparseTargets has 2 rows, logits have 4",
+    ),
+    "sparse-scipy-shape": (
+        lambda b: f(x(), scipy.sparse.csr_matrix((N, K + 1)), backend=b),
+        ValueError,
+        r"^targets: sparse matrix of shape \(4, 6\), expected \(4, 5\)",
+    ),
+    "sparse-indptr": (lambda b: fx.SparseTargets([1, 1], [0]), ValueError, r"^indptr: must start at 0"),
+    "sparse-indptr-decreasing": (
+        lambda b: fx.SparseTargets([0, 2, 1, 2, 2], [0, 1]), ValueError, r"^indptr: must be non-decreasing"
+    ),
+    "sparse-float-indices": (
+        lambda b: fx.SparseTargets([0, 1], [0.5]), ValueError, r"^indices: expected a 1-D integer array"
+    ),
+    "sparse-values-length": (
+        lambda b: fx.SparseTargets([0, 1], [0], values=[1.0, 2.0]),
+        ValueError,
+        r"^values: expected a 1-D real array of length len\(indices\) = 1",
+    ),
+    "sparse-ignore-index": (
+        lambda b: f(x(), fx.SparseTargets([0, 1, 1, 1, 1], [0]), ignore_index=0, backend=b),
+        ValueError,
+        r"^ignore_index: is only supported with integer class-index targets",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_input_raises_naming_the_argument(case: str, backend: str) -> None:
+    call, exc, match = ERRORS[case]
+    with pytest.raises(exc, match=match):
+        call(backend)
+
+
+# ---- documented values -----------------------------------------------------------
+
+
+def _rows(backend: str, logits: np.ndarray, targets: Any, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+    loss, grad = f(logits, targets, reduction="none", backend=backend, **kw)
+    assert grad is not None
+    return np.asarray(loss, np.float64), np.asarray(grad, np.float64)
+
+
+def _check_other_rows(loss: np.ndarray, grad: np.ndarray, logits: np.ndarray, targets: Any, bad: int) -> None:
+    """Every row but `bad` equals the float64 reference of that row alone."""
+    keep = [i for i in range(logits.shape[0]) if i != bad]
+    t = targets.to_dense(logits.shape[1]) if isinstance(targets, fx.SparseTargets) else np.asarray(targets)
+    ref_loss, ref_grad = cross_entropy(logits[keep].astype(np.float64), t[keep], reduction="none")
+    # float32 kernels vs float64 reference: ~10 eps for K = 5 (exp, log, sums)
+    np.testing.assert_allclose(loss[keep], ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad[keep], ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def _dense_y() -> np.ndarray:
+    y = np.zeros((N, K), np.float32)
+    y[np.arange(N), Y] = 1.0
+    y[:, 4] += 0.5  # multi-label rows, sum(y) = 1.5
+    return y
+
+
+def _value_nan_logit(b: str) -> None:
+    a = x()
+    a[1, 3] = np.nan
+    loss, grad = _rows(b, a, Y)
+    assert np.isnan(loss[1])
+    assert np.isnan(grad[1]).all()
+    _check_other_rows(loss, grad, a, Y, bad=1)
+    assert np.isnan(f(a, Y, backend=b)[0])
+
+
+def _value_posinf_logit(b: str) -> None:
+    a = x()
+    a[1, 0] = np.inf
+    loss, grad = _rows(b, a, Y)
+    assert np.isnan(loss[1])
+    assert np.isnan(grad[1]).all()
+    _check_other_rows(loss, grad, a, Y, bad=1)
+
+
+def _value_all_neginf_row(b: str) -> None:
+    a = x()
+    a[1] = -np.inf
+    loss, grad = _rows(b, a, Y)
+    assert np.isnan(loss[1])
+    assert np.isnan(grad[1]).all()
+    _check_other_rows(loss, grad, a, Y, bad=1)
+
+
+def _value_neginf_logit_no_target(b: str) -> None:
+    a = x()
+    a[1, 4] = -np.inf  # Y[1] == 1: no mass on class 4
+    for t in (Y, _dense_y() * (np.arange(K) != 4)):
+        loss, grad = _rows(b, a, t)
+        assert np.isfinite(loss).all()
+        assert np.isfinite(grad).all()
+        assert grad[1, 4] == 0.0
+        _check_other_rows(loss, grad, a, t, bad=-1)
+
+
+def _value_neginf_logit_on_target(b: str) -> None:
+    a = x()
+    a[1, Y[1]] = -np.inf
+    loss, grad = _rows(b, a, Y)
+    assert loss[1] == np.inf
+    assert np.isfinite(grad).all()
+    _check_other_rows(loss, grad, a, Y, bad=1)
+    ref = cross_entropy(a.astype(np.float64), Y, reduction="none")[1]
+    np.testing.assert_allclose(grad[1], ref[1], rtol=1e-5, atol=1e-6)
+
+
+def _value_nan_dense_target(b: str) -> None:
+    y = _dense_y()
+    y[1, 2] = np.nan
+    loss, grad = _rows(b, x(), y)
+    assert np.isnan(loss[1])
+    assert np.isnan(grad[1]).all()
+    _check_other_rows(loss, grad, x(), y, bad=1)
+
+
+def _value_inf_dense_target(b: str) -> None:
+    for v in (np.inf, -np.inf):
+        y = _dense_y()
+        y[1, 2] = v
+        loss, grad = _rows(b, x(), y)
+        assert not np.isfinite(loss[1])
+        assert not np.isfinite(grad[1]).any()
+        _check_other_rows(loss, grad, x(), y, bad=1)
+
+
+def _value_nan_sparse_value(b: str) -> None:
+    t = fx.SparseTargets([0, 1, 2, 3, 4], [0, 1, 2, 3], values=[1.0, np.nan, 1.0, 2.0])
+    loss, grad = _rows(b, x(), t)
+    assert np.isnan(loss[1])
+    assert np.isnan(grad[1]).all()
+    _check_other_rows(loss, grad, x(), t, bad=1)
+
+
+def _value_negative_weight(b: str) -> None:
+    w = np.array([-1.0, 1, 1, 1, 1])
+    for red in ("none", "sum", "mean"):
+        loss, grad = f(x(), Y, weight=w, reduction=red, backend=b)
+        ref_loss, ref_grad = cross_entropy(X.astype(np.float64), Y, weight=w, reduction=red)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def _empty(b: str, reduction: str) -> Any:
+    out = []
+    for t in (np.zeros(0, np.int64), np.zeros((0, K), np.float32), fx.SparseTargets([0], [])):
+        loss, grad = f(np.zeros((0, K), np.float32), t, reduction=reduction, backend=b)
+        assert grad is not None
+        assert grad.shape == (0, K)
+        assert grad.dtype == np.float32
+        out.append(loss)
+    return out
+
+
+def _value_n0_none(b: str) -> None:
+    for loss in _empty(b, "none"):
+        assert loss.shape == (0,)
+        assert loss.dtype == np.float32
+
+
+def _value_n0_sum(b: str) -> None:
+    for loss in _empty(b, "sum"):
+        assert loss == 0.0
+
+
+def _value_n0_mean(b: str) -> None:
+    for loss in _empty(b, "mean"):
+        assert np.isnan(loss)
+
+
+def _value_k1(b: str) -> None:
+    a = X[:, :1].copy()
+    for t in (np.zeros(N, np.int64), np.array([[0.5], [1.0], [2.0], [0.0]], np.float32)):
+        for red in ("none", "sum", "mean"):
+            loss, grad = f(a, t, reduction=red, backend=b)
+            assert np.all(np.asarray(loss) == 0.0)
+            assert grad is not None
+            assert grad.shape == (N, 1)
+            assert np.all(grad == 0.0)
+
+
+def _value_all_ignored_mean(b: str) -> None:
+    loss, grad = f(x(), np.full(N, -100), backend=b)
+    assert np.isnan(loss)
+    assert grad is not None
+    assert np.all(grad == 0.0)
+
+
+VALUES: dict[str, Callable[[str], None]] = {
+    "nan-logit": _value_nan_logit,
+    "posinf-logit": _value_posinf_logit,
+    "all-neginf-row": _value_all_neginf_row,
+    "neginf-logit-no-target": _value_neginf_logit_no_target,
+    "neginf-logit-on-target": _value_neginf_logit_on_target,
+    "nan-dense-target": _value_nan_dense_target,
+    "inf-dense-target": _value_inf_dense_target,
+    "nan-sparse-value": _value_nan_sparse_value,
+    "negative-weight": _value_negative_weight,
+    "n0-none": _value_n0_none,
+    "n0-sum": _value_n0_sum,
+    "n0-mean": _value_n0_mean,
+    "k1": _value_k1,
+    "all-ignored-mean": _value_all_ignored_mean,
+}
+
+
+@pytest.mark.parametrize("case", list(VALUES))
+def test_unusual_input_gives_documented_value(case: str, backend: str) -> None:
+    VALUES[case](backend)
+
+
+def test_rowwise_functions_on_empty_and_special_rows(backend: str) -> None:
+    a = np.zeros((0, 3))
+    assert fx.logsumexp(a, backend=backend).shape == (0,)
+    assert fx.softmax(a, backend=backend).shape == (0, 3)
+    assert fx.log_softmax(a, backend=backend).shape == (0, 3)
+    b = np.array([[0.0, np.nan], [np.inf, 0.0], [-np.inf, -np.inf], [0.0, -np.inf]])
+    lse = fx.logsumexp(b, backend=backend)
+    assert np.isnan(lse[:3]).all()
+    assert lse[3] == 0.0
+    np.testing.assert_array_equal(fx.log_softmax(b, backend=backend)[3], [0.0, -np.inf])
+
+
+def test_the_docs_table_lists_exactly_the_tested_cases() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    ids = re.findall(r"^\| `([a-z0-9-]+)` \|", doc, flags=re.MULTILINE)
+    assert len(ids) == len(set(ids)), "a case id appears twice in docs/bad_inputs.md"
+    assert set(ids) == set(ERRORS) | set(VALUES)
