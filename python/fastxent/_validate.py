@@ -77,15 +77,23 @@ def as_array(obj: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected an array, got {type(obj).__name__} ({exc})") from exc
 
 
+def _builtin_dtype(a: np.ndarray) -> np.ndarray:
+    """The same memory under NumPy's own dtype object for its type. The binding
+    matches dtypes by identity, and an equal descriptor (one with metadata, or made
+    by newbyteorder) is a different object. Only for native-order dtypes."""
+    canon = np.dtype(a.dtype.type)
+    return a if a.dtype is canon else a.view(canon)
+
+
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
     x = as_array(logits, name)
+    if x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))  # non-native byte order: one converting copy
     if x.dtype not in _FLOAT_DTYPES:
-        if x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and not x.dtype.isnative:
-            return x.astype(x.dtype.newbyteorder("="))  # non-native byte order: one converting copy
         raise TypeError(f"{name}: expected float32 or float64, got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError(f"{name}: expected at least 1 dimension (the class axis), got a 0-d array")
-    return x
+    return _builtin_dtype(x)
 
 
 def normalize_axis(axis: Any, ndim: int) -> int:
@@ -265,7 +273,7 @@ def prepare_loss(
         w = as_array(weight, "weight")
         if w.shape != (k,) or w.dtype.kind not in "fiu":
             raise ValueError(f"weight: expected a real array of shape ({k},) (one per class), got {_describe(w)}")
-        w = np.require(w, dtype=dtype, requirements=["C", "A"])
+        w = _builtin_dtype(np.require(w, dtype=dtype, requirements=["C", "A"]))
         if not np.isfinite(w).all():
             bad = int(np.flatnonzero(~np.isfinite(w))[0])
             raise ValueError(f"weight: must be finite, got {w[bad]} for class {bad}")
@@ -286,9 +294,9 @@ def prepare_loss(
         if p.ignore_index >= 0:
             raise ValueError("ignore_index: is only supported with integer class-index targets")
         # The kernels read these as contiguous, aligned int64 / logits-dtype arrays.
-        indptr = np.require(t.indptr, np.int64, ["C", "A"])
-        indices = np.require(t.indices, np.int64, ["C", "A"])
-        values = None if t.values is None else np.require(t.values, dtype, ["C", "A"])
+        indptr = _builtin_dtype(np.require(t.indptr, np.int64, ["C", "A"]))
+        indices = _builtin_dtype(np.require(t.indices, np.int64, ["C", "A"]))
+        values = None if t.values is None else _builtin_dtype(np.require(t.values, dtype, ["C", "A"]))
         if indptr is not t.indptr or indices is not t.indices or values is not t.values:
             t = SparseTargets(indptr, indices, values)
         p.kind, p.sparse = "sparse", t
@@ -321,7 +329,7 @@ def prepare_loss(
                             f"targets: class index {int(idx[bad_mask][0])} is out of range for {k} classes "
                             f"(expected 0 <= index < {k}, or ignore_index={p.ignore_index})"
                         )
-            p.kind, p.index = "index", idx
+            p.kind, p.index = "index", _builtin_dtype(idx)
         elif t.dtype.kind in "fb":
             if t.shape != x.shape:
                 hint = ""
@@ -335,7 +343,7 @@ def prepare_loss(
                 raise ValueError("ignore_index: is not supported with dense (floating point) targets, as in PyTorch")
             if t.dtype != dtype:
                 t = t.astype(dtype)
-            p.kind, p.dense = "dense", rows_view(t, ax)
+            p.kind, p.dense = "dense", rows_view(_builtin_dtype(t), ax)
         else:
             raise TypeError(
                 f"targets: expected integer class indices, float/bool dense targets or SparseTargets, "
@@ -363,7 +371,7 @@ def prepare_loss(
         for a in reads:
             if _shares_memory(x, a):
                 raise ValueError("inplace: logits shares memory with targets or weight, which are read while it is written")
-        p.grad, p.grad_result = p.x, x
+        p.grad, p.grad_result = p.x, logits if isinstance(logits, np.ndarray) else x
     else:
         p.x = rows_view(x, ax)
         if return_grad:
