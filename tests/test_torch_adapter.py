@@ -8,11 +8,12 @@ import subprocess
 import sys
 from typing import Any
 
-import fastxent.api
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import fastxent.api
 from fastxent.torch import CrossEntropyLoss, cross_entropy
 
 K = 7
