@@ -72,21 +72,32 @@ struct RowKernel {
   const T* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
   const T* y_row(int64_t i) const { return pr.p->dense_targets + i * pr.p->targets_row_stride; }
 
-  // Dense part of the effective target q for lanes [j, j+L) (n valid lanes).
-  V dense_q(int64_t i, int64_t j, int64_t n) const {
-    V q;
-    if constexpr (kDense) {
-      V y = n == L ? V::load(y_row(i) + j) : V::load_partial(y_row(i) + j, n, T(0));
-      q = fmadd(y, V::set1(pr.a), V::set1(pr.b));
-    } else {
-      q = V::set1(pr.b);
+  // Loads lanes [0, L) of p, or its first n lanes and `fill` elsewhere (kFull false).
+  template <bool kFull>
+  static V load_n(const T* p, int64_t n, T fill) {
+    if constexpr (kFull) return V::load(p);
+    else return V::load_partial(p, n, fill);
+  }
+
+  // The dense part of one row's effective target q = w (a y + b), with every input
+  // held in locals: the loops store through T pointers, which may alias the Params,
+  // so reading through `pr` there would reload them on every step.
+  struct DenseQ {
+    const T* y;
+    const T* w;
+    V a, b;
+    template <bool kFull>
+    V at(int64_t j, int64_t n) const {
+      V q;
+      if constexpr (kDense) q = fmadd(load_n<kFull>(y + j, n, T(0)), a, b);
+      else q = b;
+      if constexpr (kWeight) q = q * load_n<kFull>(w + j, n, T(0));
+      if constexpr (!kFull) q = select(mask_first(n), q, V::set1(T(0)));  // padding carries no mass
+      return q;
     }
-    if constexpr (kWeight) {
-      V w = n == L ? V::load(pr.p->weight + j) : V::load_partial(pr.p->weight + j, n, T(0));
-      q = q * w;
-    }
-    if (n < L) q = select(mask_first(n), q, V::set1(T(0)));  // padding lanes carry no mass
-    return q;
+  };
+  DenseQ dense_q(int64_t i) const {
+    return {kDense ? y_row(i) : nullptr, pr.p->weight, V::set1(pr.a), V::set1(pr.b)};
   }
 
   static typename V::Mask mask_first(int64_t n) {
@@ -104,34 +115,45 @@ struct RowKernel {
     const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
     const T ninf = -std::numeric_limits<T>::infinity();
 
-    V vmax = V::set1(ninf);
+    // Two accumulators: the loop is bound by max's latency, not by loads.
+    V vmax0 = V::set1(ninf), vmax1 = vmax0;
     int64_t j = j0;
-    for (; j + L <= j1; j += L) vmax = max(capped<kSoftcap>(V::load(x + j), cap, inv_cap), vmax);
-    if (j < j1) vmax = max(capped<kSoftcap>(V::load_partial(x + j, j1 - j, ninf), cap, inv_cap), vmax);
+    for (; j + 2 * L <= j1; j += 2 * L) {
+      vmax0 = max(capped<kSoftcap>(V::load(x + j), cap, inv_cap), vmax0);
+      vmax1 = max(capped<kSoftcap>(V::load(x + j + L), cap, inv_cap), vmax1);
+    }
+    for (; j < j1; j += L) vmax0 = max(capped<kSoftcap>(V::load_partial(x + j, std::min<int64_t>(L, j1 - j), ninf), cap, inv_cap), vmax0);
     BlockStats st{};
-    st.max = double(reduce_max(vmax));
+    st.max = double(reduce_max(max(vmax0, vmax1)));
 
     const bool finite_max = std::isfinite(st.max);
     st.ref = finite_max ? st.max : 0.0;
     const V ref = V::set1(T(st.ref));
     const V zero = V::set1(T(0));
+    const DenseQ dq = dense_q(i);
     V s = zero, qs = zero, ds = zero;
-    for (j = j0; j < j1; j += L) {
-      const int64_t n = std::min<int64_t>(L, j1 - j);
-      V xt = capped<kSoftcap>(n == L ? V::load(x + j) : V::load_partial(x + j, n, ninf), cap, inv_cap);
-      V t = xt - ref;
+    auto step = [&](int64_t j, int64_t n, auto full, auto keep) {
+      constexpr bool kFull = decltype(full)::value;
+      V t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap, inv_cap) - ref;
       V ev = vexp_nonpos(t);
       s = s + ev;
-      if (e) {
-        if (n == L) ev.store(e + j);
+      if constexpr (decltype(keep)::value) {
+        if constexpr (kFull) ev.store(e + j);
         else ev.store_partial(e + j, n);
       }
       if constexpr (kSmooth) {
-        V q = dense_q(i, j, n);
+        V q = dq.template at<kFull>(j, n);
         qs = qs + q;
         ds = ds + select(q != zero, q * t, zero);  // a q == 0 term adds nothing, even at -inf
       }
-    }
+    };
+    auto sweep = [&](auto keep) {
+      int64_t j = j0;
+      for (; j + L <= j1; j += L) step(j, L, std::true_type{}, keep);
+      if (j < j1) step(j, j1 - j, std::false_type{}, keep);
+    };
+    if (e) sweep(std::true_type{});
+    else sweep(std::false_type{});
     // +inf in the block: no softmax. All -inf: no contribution, unless a NaN hides
     // there (max() skips NaN, so look).
     st.s = finite_max ? double(reduce_add(s)) : kNaN;
@@ -207,28 +229,32 @@ struct RowKernel {
     const V scale = V::set1(T(pr.scale));
     const V inv_cap = V::set1(pr.inv_softcap);
     const T* x = x_row(i);
-    auto value = [&](int64_t j, int64_t n) {
-      V gv = (n == L ? V::load(e + j) : V::load_partial(e + j, n, T(0))) * coef;
-      if constexpr (kSmooth) gv = gv - dense_q(i, j, n) * scale;
+    const DenseQ dq = dense_q(i);
+    auto value = [&](int64_t j, int64_t n, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      V gv = load_n<kFull>(e + j, n, T(0)) * coef;
+      if constexpr (kSmooth) gv = gv - dq.template at<kFull>(j, n) * scale;
       if constexpr (kSoftcap) {
-        V th = vtanh((n == L ? V::load(x + j) : V::load_partial(x + j, n, T(0))) * inv_cap);
+        V th = vtanh(load_n<kFull>(x + j, n, T(0)) * inv_cap);
         gv = gv * (V::set1(T(1)) - th * th);
       }
       return gv;
     };
+    constexpr std::true_type full{};
+    constexpr std::false_type partial{};
     int64_t j = j0;
     if (stream) {
       // Ordinary stores up to the first aligned address, then streaming stores.
       const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
-      const int64_t head = misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0;
+      const int64_t head = std::min(j1 - j0, misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0);
       if (misalign % sizeof(T) == 0 && head < L) {
-        if (head > 0) value(j, std::min(head, j1 - j)).store_partial(g + j, std::min(head, j1 - j));
-        j += std::min(head, j1 - j);
-        for (; j + L <= j1; j += L) value(j, L).stream(g + j);
+        if (head > 0) value(j, head, partial).store_partial(g + j, head);
+        j += head;
+        for (; j + L <= j1; j += L) value(j, L, full).stream(g + j);
       }
     }
-    for (; j + L <= j1; j += L) value(j, L).store(g + j);
-    if (j < j1) value(j, j1 - j).store_partial(g + j, j1 - j);
+    for (; j + L <= j1; j += L) value(j, L, full).store(g + j);
+    if (j < j1) value(j, j1 - j, partial).store_partial(g + j, j1 - j);
   }
 
   // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
