@@ -1,0 +1,279 @@
+// Google Benchmark over the kernels themselves (no Python): every SIMD variant this
+// CPU supports x float/double x target kind x size x thread count, with the bytes
+// each call must move reported as bytes/second, next to a plain "read x (and y),
+// write g" loop that moves the same bytes (the memory floor).
+//
+//   bench_kernels [--fx_sizes=256x1000,2048x32000] [--fx_threads=1,2] [benchmark flags]
+//
+// Names: xent/<isa>/<dtype>/<target>[/loss_only]/<N>x<K>/threads:<T> and
+// floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T>. Before timing, each case
+// checks its loss against the generic variant's (a wrong kernel is not timed).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "fastxent/fastxent.hpp"
+
+namespace fx = fastxent;
+
+namespace {
+
+// Same target density as `python -m fastxent bench`: 0.1% of the classes per row
+// (at least one) for multi-hot dense and sparse targets.
+constexpr double kDensity = 0.001;
+
+enum class Kind { dense, index32, index64, sparse };
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::dense: return "dense";
+    case Kind::index32: return "index32";
+    case Kind::index64: return "index64";
+    default: return "sparse";
+  }
+}
+
+struct Size {
+  int64_t n, k;
+};
+
+// Inputs of one (dtype, N, K), built once and shared by every benchmark of that size.
+// Benchmarks are registered size by size, so only one size's arrays are alive at once.
+template <class T>
+struct Data {
+  int64_t n = 0, k = 0;
+  std::vector<T> x, y, g, row_loss;
+  std::vector<int32_t> t32;
+  std::vector<int64_t> t64, indptr, indices;
+
+  Data(int64_t n_, int64_t k_) : n(n_), k(k_), x(n_ * k_), y(n_ * k_, T(0)), g(n_ * k_), row_loss(n_) {
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(n * 131 + k);
+    auto next = [&s] {  // xorshift64*: fast, and the values' distribution barely matters
+      s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+      return s * 2685821657736338717ull;
+    };
+    for (auto& v : x) v = static_cast<T>((static_cast<double>(next() >> 11) * 0x1.0p-53 - 0.5) * 12.0);
+    const int64_t labels = std::max<int64_t>(1, std::llround(kDensity * static_cast<double>(k)));
+    indptr.push_back(0);
+    for (int64_t i = 0; i < n; ++i) {
+      t64.push_back(static_cast<int64_t>(next() % static_cast<uint64_t>(k)));
+      t32.push_back(static_cast<int32_t>(t64.back()));
+      for (int64_t l = 0; l < labels; ++l) y[i * k + static_cast<int64_t>(next() % static_cast<uint64_t>(k))] = T(1);
+      for (int64_t j = 0; j < k; ++j)
+        if (y[i * k + j] != T(0)) indices.push_back(j);
+      indptr.push_back(static_cast<int64_t>(indices.size()));
+    }
+  }
+
+  fx::Problem<T> problem(Kind kind, bool with_grad) {
+    fx::Problem<T> p;
+    p.rows = n;
+    p.classes = k;
+    p.logits = x.data();
+    p.logits_row_stride = k;
+    p.row_loss = row_loss.data();
+    p.grad = with_grad ? g.data() : nullptr;
+    p.grad_row_stride = k;
+    switch (kind) {
+      case Kind::dense:
+        p.target_kind = fx::TargetKind::dense;
+        p.dense_targets = y.data();
+        p.targets_row_stride = k;
+        break;
+      case Kind::index32: p.target_kind = fx::TargetKind::index32; p.index32 = t32.data(); break;
+      case Kind::index64: p.target_kind = fx::TargetKind::index64; p.index64 = t64.data(); break;
+      case Kind::sparse:
+        p.target_kind = fx::TargetKind::sparse;
+        p.sparse_indptr = indptr.data();
+        p.sparse_indices = indices.data();
+        break;
+    }
+    return p;
+  }
+
+  // The bytes a call must move: logits read once, targets read once, gradient
+  // written once, N row losses written.
+  int64_t bytes(Kind kind, bool with_grad) const {
+    int64_t b = n * k * int64_t(sizeof(T)) + n * int64_t(sizeof(T));
+    if (with_grad) b += n * k * int64_t(sizeof(T));
+    switch (kind) {
+      case Kind::dense: return b + n * k * int64_t(sizeof(T));
+      case Kind::index32: return b + n * 4;
+      case Kind::index64: return b + n * 8;
+      default: return b + (n + 1) * 8 + int64_t(indices.size()) * 8;
+    }
+  }
+};
+
+template <class T>
+Data<T>& data_for(Size s) {
+  static std::unique_ptr<Data<T>> cached;
+  if (!cached || cached->n != s.n || cached->k != s.k) {
+    cached.reset();  // free the previous size first
+    cached = std::make_unique<Data<T>>(s.n, s.k);
+  }
+  return *cached;
+}
+
+template <class T>
+void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Size size, int threads) {
+  Data<T>& d = data_for<T>(size);
+  const fx::Problem<T> p = d.problem(kind, with_grad);
+  fx::set_num_threads(threads);
+  fx::set_active_isa(fx::Isa::generic);
+  const double expected = fx::softmax_cross_entropy(p);
+  fx::set_active_isa(isa);
+  const double got = fx::softmax_cross_entropy(p);
+  // The variants differ in summation order and exp approximation only: the mean loss
+  // agrees to a few eps * log(K); 1e-4 (float) / 1e-9 (double) leaves wide margin.
+  const double tol = sizeof(T) == 4 ? 1e-4 : 1e-9;
+  if (!std::isfinite(got) || std::fabs(got - expected) > tol * std::fabs(expected)) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "loss %.17g differs from the generic variant's %.17g", got, expected);
+    state.SkipWithError(msg);
+    fx::set_active_isa(fx::best_supported_isa());
+    return;
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(fx::softmax_cross_entropy(p));
+  state.SetBytesProcessed(state.iterations() * d.bytes(kind, with_grad));
+  state.SetItemsProcessed(state.iterations() * size.n * size.k);
+  state.counters["loss"] = got;
+  fx::set_active_isa(fx::best_supported_isa());
+}
+
+// The memory floor: g = x + y (dense targets) or g = -x (index/sparse targets),
+// rows split over `threads` std::threads started per call (their start-up cost,
+// tens of microseconds, is noise next to the large sizes this floor is for).
+template <class T>
+void bm_floor(benchmark::State& state, bool read_y, Size size, int threads) {
+  Data<T>& d = data_for<T>(size);
+  auto body = [&d, read_y](int64_t r0, int64_t r1) {
+    const T* x = d.x.data();
+    const T* y = d.y.data();
+    T* g = d.g.data();
+    const int64_t b = r0 * d.k, e = r1 * d.k;
+    if (read_y)
+      for (int64_t i = b; i < e; ++i) g[i] = x[i] + y[i];
+    else
+      for (int64_t i = b; i < e; ++i) g[i] = -x[i];
+  };
+  for (auto _ : state) {
+    if (threads <= 1) {
+      body(0, d.n);
+    } else {
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back(body, d.n * t / threads, d.n * (t + 1) / threads);
+      for (auto& th : pool) th.join();
+    }
+    benchmark::ClobberMemory();
+  }
+  const int64_t nk = size.n * size.k * int64_t(sizeof(T));
+  state.SetBytesProcessed(state.iterations() * (read_y ? 3 : 2) * nk);
+}
+
+std::vector<Size> parse_sizes(const std::string& s) {
+  std::vector<Size> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string part = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    long long n = 0, k = 0;
+    char extra = 0;
+    if (std::sscanf(part.c_str(), "%lldx%lld%c", &n, &k, &extra) != 2 || n < 1 || k < 1) {
+      std::fprintf(stderr, "--fx_sizes: expected NxK[,NxK...], got '%s'\n", part.c_str());
+      std::exit(2);
+    }
+    out.push_back({n, k});
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::vector<int> parse_threads(const std::string& s) {
+  std::vector<int> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string part = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    int t = part == "all" ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))
+                          : std::atoi(part.c_str());
+    if (t < 1) {
+      std::fprintf(stderr, "--fx_threads: expected positive ints or 'all', got '%s'\n", part.c_str());
+      std::exit(2);
+    }
+    if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+template <class T>
+void register_size(const char* dtype, Size s, const std::vector<int>& threads) {
+  const std::string nk = std::to_string(s.n) + "x" + std::to_string(s.k);
+  for (int t : threads) {
+    const std::string tt = "/threads:" + std::to_string(t);
+    for (bool read_y : {true, false})
+      benchmark::RegisterBenchmark(
+          ("floor/" + std::string(dtype) + (read_y ? "/read_x_y/" : "/read_x/") + nk + tt).c_str(),
+          [=](benchmark::State& st) { bm_floor<T>(st, read_y, s, t); })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    for (fx::Isa isa : {fx::Isa::generic, fx::Isa::avx2, fx::Isa::avx512}) {
+      if (!fx::isa_supported(isa)) continue;
+      const std::vector<std::tuple<Kind, bool>> variants = {
+          {Kind::dense, true},   {Kind::index32, true}, {Kind::index64, true},
+          {Kind::sparse, true},  {Kind::dense, false},  {Kind::index64, false}};
+      for (auto [kind, with_grad] : variants) {
+        const std::string name = std::string("xent/") + fx::isa_name(isa) + "/" + dtype + "/" + kind_name(kind) +
+                                 (with_grad ? "" : "/loss_only") + "/" + nk + tt;
+        // Real time: the kernel's own worker threads do the work, not this thread.
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+          bm_xent<T>(st, isa, kind, with_grad, s, t);
+        })->UseRealTime()->Unit(benchmark::kMillisecond);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string sizes = "256x1000,4096x1000,512x32000,2048x32000,64x262144";
+  std::string threads = "1,all";
+  // Take our own flags out before Google Benchmark sees (and rejects) them.
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--fx_sizes=", 11) == 0)
+      sizes = argv[i] + 11;
+    else if (std::strncmp(argv[i], "--fx_threads=", 13) == 0)
+      threads = argv[i] + 13;
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  const std::vector<int> thread_counts = parse_threads(threads);
+  for (Size s : parse_sizes(sizes)) {
+    register_size<float>("float32", s, thread_counts);
+    register_size<double>("float64", s, thread_counts);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("fastxent_best_isa", fx::isa_name(fx::best_supported_isa()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  fx::set_num_threads(0);
+  return 0;
+}

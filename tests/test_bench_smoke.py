@@ -1,0 +1,119 @@
+"""`python -m fastxent bench --quick` runs end to end and writes what it promises.
+
+No timing is asserted (CI machines are noisy); what is asserted is the shape of the
+results and that every contender of a case computed the same loss, which is what
+makes the benchmark's ratios meaningful.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+from fastxent import bench
+
+MAIN_CONTENDERS = ["fastxent", "fastxent_alloc", "floor", "numpy", "torch", "jax"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastxent", "bench", "--quick", "--threads", "1,2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    return proc, out
+
+
+def test_exits_zero_with_progress_and_table(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[1/" in proc.stderr  # progress goes to stderr
+    for group in ("main", "sparse_vs_dense", "multilabel", "train_step"):
+        assert f"== {group}:" in proc.stdout
+    assert "LOSS MISMATCH" not in proc.stdout + proc.stderr
+
+
+def test_csv_has_every_case_and_contender(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    with (out / "bench.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench.CSV_COLUMNS
+        rows = list(reader)
+    cases = {r["case"] for r in rows}
+    expected_main = {f"64x1000/{dt}/{tg}/t{t}" for dt in ("float32", "float64") for tg in ("dense", "int")
+                     for t in (1, 2)}
+    assert expected_main <= cases
+    for t in (1, 2):
+        assert f"sparse1%/64x2000/float32/t{t}" in cases
+        assert f"multilabel10/16x8192/float32/t{t}" in cases
+        assert f"train-step/64x32->1000/float32/t{t}" in cases
+    assert len(cases) == len(expected_main) + 6
+    by_case: dict[str, dict[str, dict[str, str]]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], {})[r["contender"]] = r
+    for case in expected_main:
+        assert list(by_case[case]) == MAIN_CONTENDERS
+        for c in MAIN_CONTENDERS:  # torch, jax and optax are installed in CI: nothing is n/a
+            assert float(by_case[case][c]["median_ms"]) > 0
+            assert int(by_case[case][c]["repeats"]) == 2
+        assert float(by_case[case]["fastxent_alloc"]["fastxent_speedup"]) == 1.0
+        assert float(by_case[case]["floor"]["vs_floor"]) == 1.0
+
+
+def test_losses_agree_and_memory_is_one_gradient(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["meta"]["fastxent"]["backend"] == "cpp"
+    rows = doc["results"]
+    assert bench.loss_mismatches(rows) == []
+    checked = 0
+    for r in rows:
+        if r["loss_rel_diff"] is not None:
+            assert r["loss_rel_diff"] <= bench.LOSS_RTOL[r["dtype"]], r
+            checked += 1
+        if r["mem_method"] == "tracemalloc" and r["contender"] == "fastxent_alloc":
+            # tracemalloc sees NumPy's allocations: the gradient (one N x K array) plus
+            # the N row losses and small bookkeeping.
+            assert 1.0 <= r["extra_nk_arrays"] < 1.2, r
+        if r["mem_method"] == "tracemalloc" and r["contender"] in ("fastxent", "floor"):
+            assert r["extra_nk_arrays"] < 0.2, r  # out=g: no N x K allocation at all
+    # every non-floor contender of every case had its loss compared with fastxent's
+    assert checked == sum(1 for r in rows if r["contender"] != "floor")
+
+
+def test_png_written(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = quick_run
+    png = out / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "12by5"])
+    with pytest.raises(SystemExit):
+        bench.main(["--dtypes", "float16"])
+    assert bench.main(["--only", "no-such-case"]) == 2
+
+
+def test_plain_numpy_references_match_fastxent() -> None:
+    """The 'plain NumPy' contender is a correct cross-entropy (else its timing means nothing)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 13))
+    y = (rng.random((7, 13)) < 0.3).astype(np.float64)
+    t = rng.integers(0, 13, size=7)
+    for (loss, grad), targets in ((bench.plain_numpy_dense(x, y), y), (bench.plain_numpy_index(x, t), t)):
+        fl, fg = fx.softmax_cross_entropy(x, targets)
+        # float64 throughout: agreement to a few ulps of the values involved
+        np.testing.assert_allclose(loss, fl, rtol=1e-12)
+        np.testing.assert_allclose(grad, fg, rtol=1e-10, atol=1e-14)
