@@ -136,6 +136,8 @@ struct RowKernel {
       constexpr bool kFull = decltype(full)::value;
       V t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap, inv_cap) - ref;
       V ev = vexp_nonpos(t);
+      // Padding lanes load -inf, which the soft cap turns into -softcap: drop them.
+      if constexpr (kSoftcap && !kFull) ev = select(mask_first(n), ev, zero);
       s = s + ev;
       if constexpr (decltype(keep)::value) {
         if constexpr (kFull) ev.store(e + j);
