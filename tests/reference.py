@@ -220,10 +220,13 @@ def torch_cross_entropy(
     ax = axis % xn.ndim
     xt = torch.movedim(x, ax, 1) if xn.ndim >= 2 else x
     cdim = 1 if xn.ndim >= 2 else 0
-    k = xn.shape[ax]
     tn = np.asarray(targets)
     index = tn.dtype.kind in "iu"
-    t = torch.tensor(tn.astype(np.int64)) if index else torch.movedim(torch.tensor(tn.astype(xn.dtype)), ax, 1) if xn.ndim >= 2 else torch.tensor(tn.astype(xn.dtype))
+    if index:
+        t = torch.tensor(tn.astype(np.int64))
+    else:
+        t = torch.tensor(tn.astype(xn.dtype))
+        t = torch.movedim(t, ax, 1) if xn.ndim >= 2 else t
     w = None if weight is None else torch.tensor(np.asarray(weight, xn.dtype))
     if softcap:
         xt = softcap * torch.tanh(xt / softcap)

@@ -14,7 +14,9 @@ import fastxent as fx
 N, K = 9, 13
 
 
-def make(kind: str, dtype: type, rng: np.random.Generator) -> tuple[np.ndarray, Any, list[np.ndarray]]:
+def make(
+    kind: str, dtype: type, rng: np.random.Generator
+) -> tuple[np.ndarray, Any, list[np.ndarray]]:
     """Logits (N, K), targets of `kind`, and the arrays that make up the targets."""
     x = (2 * rng.standard_normal((N, K))).astype(dtype)
     if kind == "dense":
@@ -31,7 +33,10 @@ def make(kind: str, dtype: type, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 KINDS = ["dense", "int32", "int64", "sparse"]
-OPTS = [{}, {"weight": np.linspace(0.5, 1.5, K), "label_smoothing": 0.1, "z_loss": 1e-3}]
+OPTS = [
+    {},
+    {"weight": np.linspace(0.5, 1.5, K), "label_smoothing": 0.1, "z_loss": 1e-3},
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -39,7 +44,12 @@ OPTS = [{}, {"weight": np.linspace(0.5, 1.5, K), "label_smoothing": 0.1, "z_loss
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("opts", range(len(OPTS)))
 def test_out_and_inplace_give_the_allocated_numbers(
-    backend: str, dtype: type, kind: str, reduction: str, opts: int, rng: np.random.Generator
+    backend: str,
+    dtype: type,
+    kind: str,
+    reduction: str,
+    opts: int,
+    rng: np.random.Generator,
 ) -> None:
     x, t, parts = make(kind, dtype, rng)
     kw: dict[str, Any] = dict(OPTS[opts], reduction=reduction, backend=backend)
@@ -57,17 +67,22 @@ def test_out_and_inplace_give_the_allocated_numbers(
     loss_n, none = fx.softmax_cross_entropy(x, t, return_grad=False, **kw)
     assert none is None
     np.testing.assert_array_equal(loss_n, loss)
-    for before, after in zip(saved, (x, *parts), strict=True):  # nothing above wrote to an input
+    for before, after in zip(
+        saved, (x, *parts), strict=True
+    ):  # nothing above wrote to an input
         np.testing.assert_array_equal(before, after)
 
     out2 = np.full_like(x, 7.0)
-    with pytest.raises(ValueError, match="out.*return_grad"):  # out= asks for a gradient: a contradiction
+    with pytest.raises(
+        ValueError, match="out.*return_grad"
+    ):  # out= asks for a gradient: a contradiction
         fx.softmax_cross_entropy(x, t, return_grad=False, out=out2, **kw)
     assert np.all(out2 == 7.0)
 
     xi = x.copy()
     loss_i, grad_i = fx.softmax_cross_entropy(xi, t, inplace=True, **kw)
-    assert grad_i is xi and np.shares_memory(grad_i, xi)
+    assert grad_i is xi
+    assert np.shares_memory(grad_i, xi)
     np.testing.assert_array_equal(xi, grad)
     np.testing.assert_array_equal(loss_i, loss)
     for before, after in zip(saved[1:], parts, strict=True):
@@ -75,31 +90,45 @@ def test_out_and_inplace_give_the_allocated_numbers(
 
 
 @pytest.mark.parametrize("kind", ["dense", "int64", "sparse"])
-def test_out_and_inplace_with_the_class_axis_not_last(backend: str, kind: str, rng: np.random.Generator) -> None:
+def test_out_and_inplace_with_the_class_axis_not_last(
+    backend: str, kind: str, rng: np.random.Generator
+) -> None:
     """Class axis 1 of (3, K, 3): out= / inplace need the class axis contiguous in
     memory, so such arrays are made by moving the axis of a C-contiguous one."""
     x, t, _ = make(kind, np.float64, rng)
-    x3 = np.moveaxis(x.reshape(3, 3, K), -1, 1)  # a view: class axis 1, contiguous in memory
+    x3 = np.moveaxis(
+        x.reshape(3, 3, K), -1, 1
+    )  # a view: class axis 1, contiguous in memory
     t3: Any = t
     if kind == "dense":
         t3 = np.moveaxis(t.reshape(3, 3, K), -1, 1)
     elif kind == "int64":
         t3 = t.reshape(3, 3)
-    loss, grad = fx.softmax_cross_entropy(x3, t3, axis=1, reduction="none", backend=backend)
-    assert grad is not None and grad.shape == x3.shape and loss.shape == (3, 3)
+    loss, grad = fx.softmax_cross_entropy(
+        x3, t3, axis=1, reduction="none", backend=backend
+    )
+    assert grad is not None
+    assert grad.shape == x3.shape
+    assert loss.shape == (3, 3)
     out = np.moveaxis(np.empty((3, 3, K)), -1, 1)
-    loss_o, grad_o = fx.softmax_cross_entropy(x3, t3, axis=1, reduction="none", out=out, backend=backend)
+    loss_o, grad_o = fx.softmax_cross_entropy(
+        x3, t3, axis=1, reduction="none", out=out, backend=backend
+    )
     assert grad_o is out
     np.testing.assert_array_equal(out, grad)
     np.testing.assert_array_equal(loss_o, loss)
     xi = x3.copy(order="K")
     assert np.moveaxis(xi, 1, -1).flags.c_contiguous
-    _, grad_i = fx.softmax_cross_entropy(xi, t3, axis=1, reduction="none", inplace=True, backend=backend)
+    _, grad_i = fx.softmax_cross_entropy(
+        xi, t3, axis=1, reduction="none", inplace=True, backend=backend
+    )
     assert grad_i is xi
     np.testing.assert_array_equal(xi, grad)
 
 
-def test_strided_logits_row_view_inplace(backend: str, rng: np.random.Generator) -> None:
+def test_strided_logits_row_view_inplace(
+    backend: str, rng: np.random.Generator
+) -> None:
     """Every other row of a bigger buffer (a row stride, contiguous classes) works in
     place and leaves the rows in between alone."""
     big = rng.standard_normal((2 * N, K))
@@ -117,16 +146,74 @@ def test_strided_logits_row_view_inplace(backend: str, rng: np.random.Generator)
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=np.empty((N, K), np.float32)), ValueError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=np.empty((N, K + 1))), ValueError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=np.empty((K, N)).T), ValueError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=x), ValueError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=[[0.0] * K] * N), TypeError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=np.empty((N, K)), inplace=True), ValueError, "out"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, inplace=True, return_grad=False), ValueError, "inplace"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x.T.copy().T, t, backend=b, inplace=True), ValueError, "logits"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x.astype(np.float16), t, backend=b, inplace=True), TypeError, "logits"),
-        (lambda x, t, b: fx.softmax_cross_entropy(x.tolist(), t, backend=b, inplace=True), TypeError, "logits"),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, out=np.empty((N, K), np.float32)
+            ),
+            ValueError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, out=np.empty((N, K + 1))
+            ),
+            ValueError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, out=np.empty((K, N)).T
+            ),
+            ValueError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(x, t, backend=b, out=x),
+            ValueError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, out=[[0.0] * K] * N
+            ),
+            TypeError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, out=np.empty((N, K)), inplace=True
+            ),
+            ValueError,
+            "out",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x, t, backend=b, inplace=True, return_grad=False
+            ),
+            ValueError,
+            "inplace",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x.T.copy().T, t, backend=b, inplace=True
+            ),
+            ValueError,
+            "logits",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x.astype(np.float16), t, backend=b, inplace=True
+            ),
+            TypeError,
+            "logits",
+        ),
+        (
+            lambda x, t, b: fx.softmax_cross_entropy(
+                x.tolist(), t, backend=b, inplace=True
+            ),
+            TypeError,
+            "logits",
+        ),
     ],
 )
 def test_bad_destinations_are_refused_before_anything_is_written(
@@ -145,5 +232,7 @@ def test_read_only_logits_cannot_be_written_in_place(backend: str) -> None:
     x.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         fx.softmax_cross_entropy(x, np.array([0, 1]), inplace=True, backend=backend)
-    loss, _ = fx.softmax_cross_entropy(x, np.array([0, 1]), backend=backend)  # reading is fine
+    loss, _ = fx.softmax_cross_entropy(
+        x, np.array([0, 1]), backend=backend
+    )  # reading is fine
     np.testing.assert_allclose(loss, np.log(3))

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
 import torch
 import torch.nn.functional as F
 
 import fastxent as fx
+import reference as ref
 
 N, K, D = 6, 5, 3  # logits (N, K, D), classes on axis 1 as PyTorch lays them out
 REDUCTIONS = ["none", "sum", "mean"]
@@ -23,7 +23,9 @@ def make_case(
     x = (2 * rng.standard_normal((N, K, D))).astype(dtype)
     if kind == "index":
         t = rng.integers(0, K, size=(N, D))
-        t[0, 0] = t[3, 2] = ignore_index  # some ignored rows (or class `ignore_index`'s rows)
+        t[0, 0] = t[3, 2] = (
+            ignore_index  # some ignored rows (or class `ignore_index`'s rows)
+        )
         t[1, 1] = 2
     else:
         y = rng.random((N, K, D))
@@ -34,7 +36,11 @@ def make_case(
 
 
 def check_against(
-    got: tuple[object, np.ndarray | None], want: tuple[object, np.ndarray], dtype: type, what: str, factor: float = 2.0
+    got: tuple[object, np.ndarray | None],
+    want: tuple[object, np.ndarray],
+    dtype: type,
+    what: str,
+    factor: float = 2.0,
 ) -> None:
     loss, grad = got
     want_loss, want_grad = want
@@ -42,31 +48,63 @@ def check_against(
     rtol = factor * ref.rtol_for(dtype, K)
     # losses are O(log K) per row times weights <= 2: an absolute scale of 10 per row covers what cancels
     ref.assert_within(loss, want_loss, rtol=rtol, scale=10.0, what=f"{what}: loss")
-    ref.assert_within(grad, want_grad, rtol=rtol, scale=max(1e-300, float(np.max(np.abs(want_grad)))), what=f"{what}: grad")
+    ref.assert_within(
+        grad,
+        want_grad,
+        rtol=rtol,
+        scale=max(1e-300, float(np.max(np.abs(want_grad)))),
+        what=f"{what}: grad",
+    )
 
 
-WEIGHTS = {"none": None, "w": np.array([0.5, 2.0, 1.0, 0.0, 1.5]), "w_neg": np.array([1.0, -0.5, 2.0, 1.0, 0.25])}
+WEIGHTS = {
+    "none": None,
+    "w": np.array([0.5, 2.0, 1.0, 0.0, 1.5]),
+    "w_neg": np.array([1.0, -0.5, 2.0, 1.0, 0.25]),
+}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    ("kind", "ignore_index"), [("index", -100), ("index", 2), ("dense", -100), ("dense", -3)]
+    ("kind", "ignore_index"),
+    [("index", -100), ("index", 2), ("dense", -100), ("dense", -3)],
 )
 @pytest.mark.parametrize("weight", list(WEIGHTS))
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15, 1.0])
 def test_weight_ignore_index_smoothing_match_torch(
-    backend: str, dtype: type, kind: str, ignore_index: int, weight: str, label_smoothing: float,
+    backend: str,
+    dtype: type,
+    kind: str,
+    ignore_index: int,
+    weight: str,
+    label_smoothing: float,
     rng: np.random.Generator,
 ) -> None:
     x, t = make_case(kind, ignore_index, dtype, rng)
     w = WEIGHTS[weight]
-    opts = {"weight": w, "ignore_index": ignore_index, "label_smoothing": label_smoothing}
+    opts = {
+        "weight": w,
+        "ignore_index": ignore_index,
+        "label_smoothing": label_smoothing,
+    }
     x0, t0 = x.copy(), t.copy()
     for reduction in REDUCTIONS:
-        got = fx.softmax_cross_entropy(x, t, axis=1, reduction=reduction, backend=backend, **opts)
+        got = fx.softmax_cross_entropy(
+            x, t, axis=1, reduction=reduction, backend=backend, **opts
+        )
         what = f"{kind} {reduction} {opts}"
-        check_against(got, ref.torch_cross_entropy(x, t, axis=1, reduction=reduction, **opts), dtype, "torch " + what)
-        check_against(got, ref.cross_entropy(x, t, axis=1, reduction=reduction, **opts), dtype, "reference " + what)
+        check_against(
+            got,
+            ref.torch_cross_entropy(x, t, axis=1, reduction=reduction, **opts),
+            dtype,
+            "torch " + what,
+        )
+        check_against(
+            got,
+            ref.cross_entropy(x, t, axis=1, reduction=reduction, **opts),
+            dtype,
+            "reference " + what,
+        )
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(t, t0)
 
@@ -78,18 +116,28 @@ def test_mean_denominators_are_torchs(backend: str, reduction: str) -> None:
     x = np.zeros((4, 3))  # uniform softmax: every row's NLL is log 3
     w = np.array([1.0, 2.0, 4.0])
     idx = np.array([0, 2, -100, 2])
-    loss, _ = fx.softmax_cross_entropy(x, idx, weight=w, reduction=reduction, backend=backend)
+    loss, _ = fx.softmax_cross_entropy(
+        x, idx, weight=w, reduction=reduction, backend=backend
+    )
     per_row = np.log(3) * np.array([1.0, 4.0, 0.0, 4.0])
-    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 9.0}[reduction]
+    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 9.0}[
+        reduction
+    ]
     np.testing.assert_allclose(loss, want, rtol=1e-14)
     y = np.eye(3)[[0, 2, 1, 2]]
-    loss, _ = fx.softmax_cross_entropy(x, y, weight=w, reduction=reduction, backend=backend)
+    loss, _ = fx.softmax_cross_entropy(
+        x, y, weight=w, reduction=reduction, backend=backend
+    )
     per_row = np.log(3) * np.array([1.0, 4.0, 2.0, 4.0])
-    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 4.0}[reduction]
+    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 4.0}[
+        reduction
+    ]
     np.testing.assert_allclose(loss, want, rtol=1e-14)
 
 
-def test_smoothing_with_weights_on_index_targets_is_torchs_formula(backend: str) -> None:
+def test_smoothing_with_weights_on_index_targets_is_torchs_formula(
+    backend: str,
+) -> None:
     """(1 - eps) * weighted NLL + eps/K * sum_j w_j (-log p_j), the smoothing term
     divided by the same sum of target weights under "mean" (PyTorch's choice; a
     dense one-hot target with the same options divides by N instead)."""
@@ -99,9 +147,13 @@ def test_smoothing_with_weights_on_index_targets_is_torchs_formula(backend: str)
     logp = x - np.log(np.exp(x).sum(1, keepdims=True))
     idx = np.array([1, 0])
     rows = (1 - eps) * -w[idx] * logp[[0, 1], idx] + eps / 3 * -(w * logp).sum(1)
-    loss, _ = fx.softmax_cross_entropy(x, idx, weight=w, label_smoothing=eps, backend=backend)
+    loss, _ = fx.softmax_cross_entropy(
+        x, idx, weight=w, label_smoothing=eps, backend=backend
+    )
     np.testing.assert_allclose(loss, rows.sum() / w[idx].sum(), rtol=1e-14)
-    loss_dense, _ = fx.softmax_cross_entropy(x, np.eye(3)[idx], weight=w, label_smoothing=eps, backend=backend)
+    loss_dense, _ = fx.softmax_cross_entropy(
+        x, np.eye(3)[idx], weight=w, label_smoothing=eps, backend=backend
+    )
     np.testing.assert_allclose(loss_dense, rows.sum() / 2, rtol=1e-14)
 
 
@@ -112,7 +164,9 @@ def test_all_rows_ignored(backend: str) -> None:
     for reduction in REDUCTIONS:
         got = fx.softmax_cross_entropy(x, t, reduction=reduction, backend=backend)
         want = ref.torch_cross_entropy(x, t, reduction=reduction)
-        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0], np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(got[0]), np.asarray(want[0], np.float32)
+        )
         np.testing.assert_array_equal(got[1], want[1])
     assert np.all(fx.softmax_cross_entropy(x, t, backend=backend)[1] == 0)
 
@@ -122,10 +176,19 @@ def test_all_rows_ignored(backend: str) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["index", "dense"])
-@pytest.mark.parametrize(("z_loss", "softcap"), [(1e-3, None), (0.5, None), (0.0, 2.0), (0.0, 30.0), (0.1, 3.0)])
+@pytest.mark.parametrize(
+    ("z_loss", "softcap"),
+    [(1e-3, None), (0.5, None), (0.0, 2.0), (0.0, 30.0), (0.1, 3.0)],
+)
 @pytest.mark.parametrize("others", ["plain", "weight+smoothing"])
 def test_z_loss_and_softcap_match_torch_autograd(
-    backend: str, dtype: type, kind: str, z_loss: float, softcap: float | None, others: str, rng: np.random.Generator
+    backend: str,
+    dtype: type,
+    kind: str,
+    z_loss: float,
+    softcap: float | None,
+    others: str,
+    rng: np.random.Generator,
 ) -> None:
     x, t = make_case(kind, -100, dtype, rng)
     x *= 3  # so that the cap bends: |x| up to ~20 against caps of 2 and 3
@@ -133,18 +196,34 @@ def test_z_loss_and_softcap_match_torch_autograd(
     if others != "plain":
         opts.update(weight=WEIGHTS["w"], label_smoothing=0.1)
     for reduction in REDUCTIONS:
-        got = fx.softmax_cross_entropy(x, t, axis=1, reduction=reduction, backend=backend, **opts)
+        got = fx.softmax_cross_entropy(
+            x, t, axis=1, reduction=reduction, backend=backend, **opts
+        )
         what = f"{kind} {reduction} {opts}"
         # z-loss grows like lse^2 and the cap adds tanh's rounding: a looser factor
-        check_against(got, ref.torch_cross_entropy(x, t, axis=1, reduction=reduction, **opts), dtype, "torch " + what, 8)
-        check_against(got, ref.cross_entropy(x, t, axis=1, reduction=reduction, **opts), dtype, "reference " + what, 8)
+        check_against(
+            got,
+            ref.torch_cross_entropy(x, t, axis=1, reduction=reduction, **opts),
+            dtype,
+            "torch " + what,
+            8,
+        )
+        check_against(
+            got,
+            ref.cross_entropy(x, t, axis=1, reduction=reduction, **opts),
+            dtype,
+            "reference " + what,
+            8,
+        )
 
 
 def test_softcap_bounds_the_logits(backend: str) -> None:
     """With a cap c, logits of +-1e30 act as +-c: the loss is finite and huge logits get
     (almost) no gradient, since d/dx c*tanh(x/c) -> 0."""
     x = np.array([[1e30, 0.0, -1e30]])
-    loss, grad = fx.softmax_cross_entropy(x, np.array([2]), softcap=5.0, backend=backend)
+    loss, grad = fx.softmax_cross_entropy(
+        x, np.array([2]), softcap=5.0, backend=backend
+    )
     capped = np.array([5.0, 0.0, -5.0])
     np.testing.assert_allclose(loss, np.log(np.exp(capped).sum()) + 5.0, rtol=1e-14)
     assert grad is not None
@@ -155,11 +234,15 @@ def test_z_loss_adds_lse_squared(backend: str) -> None:
     x = np.array([[3.0, 1.0, -2.0], [0.0, 0.0, 0.0]])
     t = np.array([0, 1])
     base, gbase = fx.softmax_cross_entropy(x, t, reduction="none", backend=backend)
-    loss, grad = fx.softmax_cross_entropy(x, t, reduction="none", z_loss=0.25, backend=backend)
+    loss, grad = fx.softmax_cross_entropy(
+        x, t, reduction="none", z_loss=0.25, backend=backend
+    )
     lse = np.log(np.exp(x).sum(1))
     np.testing.assert_allclose(loss - base, 0.25 * lse**2, rtol=1e-13)
     s = np.exp(x - lse[:, None])
-    np.testing.assert_allclose(grad - gbase, 0.5 * lse[:, None] * s, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        grad - gbase, 0.5 * lse[:, None] * s, rtol=1e-12, atol=1e-15
+    )
 
 
 # ---- refusals ------------------------------------------------------------------------
@@ -198,8 +281,13 @@ def test_combinations_torch_refuses_are_refused(
         "index_out_of_range": np.array([0, 3]),
         "index_negative": np.array([-1, 2]),
     }[target]
-    tk = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
-    tt = torch.tensor(targets.astype(np.float32) if targets.dtype.kind == "f" else targets)
+    tk = {
+        k: torch.tensor(v) if isinstance(v, np.ndarray) else v
+        for k, v in kwargs.items()
+    }
+    tt = torch.tensor(
+        targets.astype(np.float32) if targets.dtype.kind == "f" else targets
+    )
     if "weight" in tk:
         tk["weight"] = tk["weight"].float()  # type: ignore[union-attr]
     assert torch_refuses(target=tt, **tk)
@@ -213,7 +301,10 @@ def test_combinations_torch_refuses_are_refused(
         # PyTorch silently treats a negative label_smoothing as 0 (its range check only
         # runs when smoothing > 0); a negative value is surely a mistake: refused here
         ({"label_smoothing": -0.1}, "label_smoothing"),
-        ({"label_smoothing": -0.1, "targets": np.full((2, 3), 1 / 3)}, "label_smoothing"),
+        (
+            {"label_smoothing": -0.1, "targets": np.full((2, 3), 1 / 3)},
+            "label_smoothing",
+        ),
         ({"z_loss": -1.0}, "z_loss"),
         ({"z_loss": float("nan")}, "z_loss"),
         ({"softcap": 0.0}, "softcap"),
@@ -222,7 +313,9 @@ def test_combinations_torch_refuses_are_refused(
         ({"reduction": "avg"}, "reduction"),
     ],
 )
-def test_invalid_option_values_raise_clear_errors(backend: str, kwargs: dict[str, object], match: str) -> None:
+def test_invalid_option_values_raise_clear_errors(
+    backend: str, kwargs: dict[str, object], match: str
+) -> None:
     kwargs = dict(kwargs)
     targets = kwargs.pop("targets", np.array([0, 1]))
     with pytest.raises(ValueError, match=match):
@@ -231,5 +324,8 @@ def test_invalid_option_values_raise_clear_errors(backend: str, kwargs: dict[str
 
 def test_torch_ignores_negative_label_smoothing_which_fastxent_refuses() -> None:
     """Pins the PyTorch behaviour the refusal above departs from, so a change shows up."""
-    x, t = torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    x, t = (
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([0, 1]),
+    )
     assert F.cross_entropy(x, t, label_smoothing=-0.1) == F.cross_entropy(x, t)
