@@ -7,7 +7,8 @@
 //
 // Names: xent/<isa>/<dtype>/<target>[/loss_only]/<N>x<K>/threads:<T> and
 // floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T>. Before timing, each case
-// checks its loss against the generic variant's (a wrong kernel is not timed).
+// checks its loss against the generic variant's: a wrong kernel is reported as an
+// error instead of a time, and the exit status is 1.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -32,6 +33,8 @@ namespace {
 // Same target density as `python -m fastxent bench`: 0.1% of the classes per row
 // (at least one) for multi-hot dense and sparse targets.
 constexpr double kDensity = 0.001;
+
+bool g_wrong_result = false;  // any case whose loss disagreed: the exit status says so
 
 enum class Kind { dense, index32, index64, sparse };
 const char* kind_name(Kind k) {
@@ -141,6 +144,7 @@ void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Si
     char msg[160];
     std::snprintf(msg, sizeof msg, "loss %.17g differs from the generic variant's %.17g", got, expected);
     state.SkipWithError(msg);
+    g_wrong_result = true;
     fx::set_active_isa(fx::best_supported_isa());
     return;
   }
@@ -275,5 +279,5 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   fx::set_num_threads(0);
-  return 0;
+  return g_wrong_result ? 1 : 0;
 }

@@ -392,8 +392,8 @@ def _peak_bytes(c: Contender) -> tuple[float | None, Any, str]:
 
 
 def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    contenders = case.build()  # first: it imports torch, whose threads are set next
     _set_threads(case.threads)
-    contenders = case.build()
     live = [c for c in contenders if c.fn is not None]
     times: dict[str, list[float]] = {c.name: [] for c in live}
     with _no_gc():
