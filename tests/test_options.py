@@ -329,3 +329,24 @@ def test_torch_ignores_negative_label_smoothing_which_fastxent_refuses() -> None
         torch.tensor([0, 1]),
     )
     assert F.cross_entropy(x, t, label_smoothing=-0.1) == F.cross_entropy(x, t)
+
+
+@pytest.mark.parametrize("k", [4, 3, 11])
+def test_softcap_caps_infinities_too(backend: str, k: int) -> None:
+    """The softmax is taken of the capped logits, so with a cap, +inf acts as +cap and
+    an all -inf row as a uniform one (finite loss; zero gradient, since the cap is flat
+    there); NaN stays NaN. Same in both backends and the reference."""
+    x = np.zeros((4, k))
+    x[:, -1] = 1.0
+    x[0, 0], x[1, 0], x[2, :], x[3, 0] = np.inf, -np.inf, -np.inf, np.nan
+    y = np.zeros((4, k))
+    y[:, 0] = 1.0
+    loss, grad = fx.softmax_cross_entropy(
+        x, y, softcap=5.0, reduction="none", backend=backend
+    )
+    want_loss, want_grad = ref.cross_entropy(x, y, softcap=5.0, reduction="none")
+    ref.assert_within(loss, want_loss, rtol=1e-14, scale=1.0)
+    ref.assert_within(grad, want_grad, rtol=1e-14, scale=1.0)
+    assert np.isfinite(loss[:3]).all()
+    assert np.isnan(loss[3])
+    np.testing.assert_allclose(loss[2], np.log(k), rtol=1e-14)

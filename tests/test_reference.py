@@ -479,3 +479,41 @@ def test_adversarial_float64_accuracy(
     ref.assert_within(
         grad, want_grad, rtol=rtol, scale=np.max(np.abs(want_grad)), what=case
     )
+
+
+@pytest.mark.parametrize(("n", "k"), [(2048, 100), (3, 70000)])
+@pytest.mark.parametrize("kind", ["int64", "weighted"])
+def test_thread_counts_give_identical_results_matching_the_reference(
+    engine: str, n: int, k: int, kind: str, rng: np.random.Generator
+) -> None:
+    """Rows split among threads (many rows) and one row split in blocks (huge K):
+    bitwise the same for 1, 2 and 3 threads (backend_info's promise), and right."""
+    x = (3 * rng.standard_normal((n, k))).astype(np.float32)
+    t = make_targets(kind, (n,), k, -1, rng, np.float32)
+    opts = {
+        "weight": np.linspace(0.5, 2.0, k),
+        "label_smoothing": 0.1,
+        "reduction": "mean",
+    }
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fx.set_num_threads(threads)
+            results.append(fx.softmax_cross_entropy(x, t, backend=engine, **opts))
+    finally:
+        fx.set_num_threads(None)
+    for loss, grad in results[1:]:
+        assert loss == results[0][0]
+        np.testing.assert_array_equal(grad, results[0][1])
+    want_loss, want_grad = ref.cross_entropy(x, t, **opts)
+    rtol = ref.rtol_for(np.float32, k)
+    dense = dense_of(t, k, -1)
+    scale = ref.loss_scale(x, dense).sum() / n * 2.0  # weights up to 2
+    ref.assert_within(results[0][0], want_loss, rtol=rtol, scale=scale, what="loss")
+    ref.assert_within(
+        results[0][1],
+        want_grad,
+        rtol=rtol,
+        scale=np.max(np.abs(want_grad)),
+        what="grad",
+    )
