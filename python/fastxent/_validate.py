@@ -8,7 +8,7 @@ buffers, so both backends see exactly the same, already-validated problem.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -185,7 +185,7 @@ def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
     if not np.may_share_memory(a, b):
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=10**6))
+        return bool(np.shares_memory(a, b, max_work=cast(Any, 10**6)))  # numpy's stub allows only -1 / 0
     except np.exceptions.TooHardError:
         return True
 
@@ -282,24 +282,24 @@ def prepare_loss(
     # ---- targets
     p.dense = p.index = p.sparse = None
     if isinstance(targets, SparseTargets) or is_scipy_sparse(targets):
-        t = targets if isinstance(targets, SparseTargets) else SparseTargets.from_scipy(targets)
+        st = targets if isinstance(targets, SparseTargets) else SparseTargets.from_scipy(targets)
         n_rows = int(np.prod(lead_shape))
         if is_scipy_sparse(targets) and tuple(targets.shape) != (n_rows, k):
             raise ValueError(f"targets: sparse matrix of shape {tuple(targets.shape)}, expected ({n_rows}, {k})")
-        if t.num_rows != n_rows:
-            raise ValueError(f"targets: SparseTargets has {t.num_rows} rows, logits have {n_rows}")
-        if t.indices.size and (t.indices.min() < 0 or t.indices.max() >= k):
-            bad = t.indices[(t.indices < 0) | (t.indices >= k)][0]
+        if st.num_rows != n_rows:
+            raise ValueError(f"targets: SparseTargets has {st.num_rows} rows, logits have {n_rows}")
+        if st.indices.size and (st.indices.min() < 0 or st.indices.max() >= k):
+            bad = st.indices[(st.indices < 0) | (st.indices >= k)][0]
             raise IndexError(f"targets: sparse class index {bad} is out of range for {k} classes")
         if p.ignore_index >= 0:
             raise ValueError("ignore_index: is only supported with integer class-index targets")
         # The kernels read these as contiguous, aligned int64 / logits-dtype arrays.
-        indptr = _builtin_dtype(np.require(t.indptr, np.int64, ["C", "A"]))
-        indices = _builtin_dtype(np.require(t.indices, np.int64, ["C", "A"]))
-        values = None if t.values is None else _builtin_dtype(np.require(t.values, dtype, ["C", "A"]))
-        if indptr is not t.indptr or indices is not t.indices or values is not t.values:
-            t = SparseTargets(indptr, indices, values)
-        p.kind, p.sparse = "sparse", t
+        indptr = _builtin_dtype(np.require(st.indptr, np.int64, ["C", "A"]))
+        indices = _builtin_dtype(np.require(st.indices, np.int64, ["C", "A"]))
+        values = None if st.values is None else _builtin_dtype(np.require(st.values, dtype, ["C", "A"]))
+        if indptr is not st.indptr or indices is not st.indices or values is not st.values:
+            st = SparseTargets(indptr, indices, values)
+        p.kind, p.sparse = "sparse", st
     else:
         t = as_array(targets, "targets")
         if t.dtype.kind in "iu":

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
 
         def torch_step() -> None:
             xg = xt.detach().requires_grad_()
-            F.cross_entropy(xg, yt).backward()
+            F.cross_entropy(xg, yt).backward()  # type: ignore[no-untyped-call]
 
         rows.append((f"PyTorch {torch.__version__} fwd+bwd", _median_ms(torch_step)))
     except ImportError:
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
         f = jax.jit(jax.value_and_grad(jax_loss))
         xj, yj = jnp.asarray(x), jnp.asarray(y)
         rows.append((f"JAX {jax.__version__} jit(value_and_grad)",
-                     _median_ms(lambda: jax.block_until_ready(f(xj, yj)))))
+                     _median_ms(lambda: jax.block_until_ready(f(xj, yj)))))  # type: ignore[no-untyped-call]
     except ImportError:
         pass
     base = rows[0][1]

@@ -20,7 +20,7 @@ def effective_targets(p: LossProblem) -> np.ndarray:
     b = dtype.type(p.label_smoothing / k)
     if p.kind == "dense":
         assert p.dense is not None
-        q = p.dense * a + b
+        q: np.ndarray = p.dense * a + b
     else:
         q = np.full((n, k), b, dtype=dtype)
         if p.kind == "index":
@@ -41,7 +41,8 @@ def effective_targets(p: LossProblem) -> np.ndarray:
 def ignored_rows(p: LossProblem) -> np.ndarray:
     if p.kind == "index":
         assert p.index is not None
-        return p.index == p.ignore_index
+        mask: np.ndarray = p.index == p.ignore_index
+        return mask
     return np.zeros(p.x.shape[0], dtype=bool)
 
 
@@ -101,12 +102,15 @@ def rowwise(op: str, x: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         m = x.max(axis=1, keepdims=True) if x.shape[0] else np.zeros((0, 1), x.dtype)
         bad = ~np.isfinite(m)
-        shift = np.where(bad, 0, m).astype(x.dtype)
+        shift: np.ndarray = np.where(bad, 0, m).astype(x.dtype)
         t = x - shift
         s = np.exp(t).sum(axis=1, keepdims=True, dtype=np.float64)
-        log_s = np.where(bad, np.nan, np.log(s))
+        log_s: np.ndarray = np.where(bad, np.nan, np.log(s))
+        res: np.ndarray  # (NumPy's stubs type arithmetic on dtype[Any] arrays as Any)
         if op == "logsumexp":
-            return (shift + log_s)[:, 0].astype(x.dtype)
-        if op == "softmax":
-            return (np.exp(t) * np.exp(-log_s)).astype(x.dtype)
-        return (t - log_s).astype(x.dtype)
+            res = (shift + log_s)[:, 0]
+        elif op == "softmax":
+            res = np.exp(t) * np.exp(-log_s)
+        else:
+            res = t - log_s
+        return res.astype(x.dtype)
