@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from ._validate import (
 )
 
 Reduction = Literal["none", "sum", "mean"]
-Backend = Literal["auto", "cpp", "numpy"] | None
+Backend = Optional[Literal["auto", "cpp", "numpy"]]  # (X | None is Python >= 3.10 outside annotations)
 
 
 def _pick_core(backend: str | None) -> Any:
