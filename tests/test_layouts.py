@@ -157,6 +157,8 @@ INDEX_LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "misaligned": misaligned,
     "int32": lambda y: y.astype(np.int32),
     "uint8": lambda y: y.astype(np.uint8),
+    "longlong": lambda y: y.astype(np.longlong),  # equal to int64, a different dtype object
+    "intc": lambda y: y.astype(np.intc),
     "struct_field": _struct_field,
 }
 

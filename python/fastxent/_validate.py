@@ -78,10 +78,11 @@ def as_array(obj: Any, name: str) -> np.ndarray:
 
 
 def _builtin_dtype(a: np.ndarray) -> np.ndarray:
-    """The same memory under NumPy's own dtype object for its type. The binding
-    matches dtypes by identity, and an equal descriptor (one with metadata, or made
-    by newbyteorder) is a different object. Only for native-order dtypes."""
-    canon = np.dtype(a.dtype.type)
+    """The same memory under NumPy's own dtype object for its kind and size. The
+    binding matches dtypes by identity, and an equal descriptor (one with metadata,
+    made by newbyteorder, or C's long long where int64 is long) is a different
+    object. Only for native-order dtypes."""
+    canon = np.dtype(f"{a.dtype.kind}{a.dtype.itemsize}")  # e.g. longlong ('q') -> int64
     return a if a.dtype is canon else a.view(canon)
 
 
@@ -186,19 +187,33 @@ def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     try:
         return bool(np.shares_memory(a, b, max_work=cast(Any, 10**6)))  # numpy's stub allows only -1 / 0
-    except np.exceptions.TooHardError:
+    except np.exceptions.TooHardError:  # NumPy >= 1.25
         return True
 
 
-def _writable_view_of(obj: Any, arr: np.ndarray, name: str) -> None:
-    """Refuses a destination whose writes would not reach the caller's object."""
+def as_writable_array(obj: Any, name: str) -> np.ndarray:
+    """A writable NumPy view of obj's own memory, for out= and inplace=True: an
+    ndarray, a writable buffer (memoryview, array.array, bytearray), a __dlpack__
+    object (a CPU tensor), or an __array__ object that can give its memory without a
+    copy. Anything NumPy could only copy is refused, so writes never get lost."""
+    if isinstance(obj, np.ndarray):
+        arr = obj
+    elif hasattr(obj, "__dlpack__") and not hasattr(obj, "__array_interface__"):
+        try:
+            arr = np.from_dlpack(obj)
+        except (TypeError, BufferError, RuntimeError) as exc:
+            raise TypeError(f"{name}: {type(obj).__name__} cannot be viewed as a NumPy array without a copy ({exc})") from exc
+    else:
+        try:
+            arr = np.asarray(obj, copy=False)  # NumPy >= 2: raises instead of copying
+        except ValueError:
+            raise TypeError(
+                f"{name}: expected an array whose memory can be written in place (ndarray, writable buffer, "
+                f"CPU tensor), got {type(obj).__name__}, which NumPy could only copy"
+            ) from None
     if not arr.flags.writeable:
         raise ValueError(f"{name}: is read-only; the gradient is written into it")
-    if not isinstance(obj, np.ndarray) and arr.base is None:
-        raise TypeError(
-            f"{name}: expected an array whose memory can be written in place (ndarray, writable buffer, "
-            f"CPU tensor), got {type(obj).__name__}, which NumPy could only copy"
-        )
+    return arr
 
 
 def _check_bool(value: Any, name: str) -> bool:
@@ -247,7 +262,17 @@ def prepare_loss(
     p = LossProblem()
     return_grad = _check_bool(return_grad, "return_grad")
     inplace = _check_bool(inplace, "inplace")
-    x = check_logits(logits)
+    if inplace:
+        # The gradient must land in the caller's memory: no converting copy allowed.
+        raw = as_writable_array(logits, "logits (inplace=True)")
+        if raw.dtype.kind == "f" and not raw.dtype.isnative:
+            raise ValueError(
+                f"inplace: logits of dtype {raw.dtype} (non-native byte order) would need a converting copy; "
+                "pass native float32/float64"
+            )
+        x = check_logits(raw)
+    else:
+        x = check_logits(logits)
     ax = normalize_axis(axis, x.ndim)
     k = x.shape[ax]
     if k == 0:
@@ -361,12 +386,6 @@ def prepare_loss(
     if not return_grad and (inplace or out is not None):
         raise ValueError(f"{'inplace' if inplace else 'out'}: requires return_grad=True (it receives the gradient)")
     if inplace:
-        if x.dtype != as_array(logits, "logits").dtype:
-            raise ValueError(
-                f"inplace: logits of dtype {as_array(logits, 'logits').dtype} (non-native byte order) "
-                "would need a converting copy; pass native float32/float64"
-            )
-        _writable_view_of(logits, x, "logits (inplace=True)")
         p.x = writable_rows_view(x, ax, "logits (inplace=True)")
         for a in reads:
             if _shares_memory(x, a):
@@ -380,18 +399,18 @@ def prepare_loss(
                 p.grad = _canonical(moved.reshape(-1, k))
                 p.grad_result = np.moveaxis(moved, -1, ax) if ax != x.ndim - 1 else moved
             else:
-                o = as_array(out, "out")
+                o = as_writable_array(out, "out")
                 if o.shape != x.shape or o.dtype != dtype:
                     raise ValueError(
                         f"out: expected shape {x.shape} and dtype {dtype} (native byte order), "
                         f"got shape {o.shape} and dtype {o.dtype}"
                     )
-                _writable_view_of(out, o, "out")
+                o = _builtin_dtype(o)
                 for a in [x, p.x, *reads]:
                     if _shares_memory(o, a):
                         raise ValueError(
                             "out: shares memory with an input (logits, targets or weight); "
                             "use inplace=True to write the gradient into logits"
                         )
-                p.grad, p.grad_result = writable_rows_view(o, ax, "out"), o
+                p.grad, p.grad_result = writable_rows_view(o, ax, "out"), out if isinstance(out, np.ndarray) else o
     return p

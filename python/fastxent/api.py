@@ -42,7 +42,7 @@ def softmax_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_grad: bool = True,
-    out: np.ndarray | None = None,
+    out: Any = None,
     inplace: bool = False,
     backend: Backend = None,
 ) -> tuple[Any, np.ndarray | None]:
@@ -61,15 +61,24 @@ def softmax_cross_entropy(
     row; ``softcap`` replaces x by ``softcap * tanh(x / softcap)`` first.
 
     Args:
-        logits: float32 or float64 array, any number of dimensions.
+        logits: float32 or float64 array, any number of dimensions, in any
+            layout. Anything NumPy can view without a copy is taken as is:
+            ndarrays, buffers (memoryview, array.array), ``__array__`` and
+            ``__dlpack__`` objects such as PyTorch CPU tensors.
         targets: integer class indices of shape ``logits.shape`` without ``axis``;
             float or bool dense targets of ``logits.shape``; or ``SparseTargets`` /
             a scipy.sparse CSR matrix of shape (rows, classes).
         reduction: "none" (per-row losses, shape of logits without ``axis``),
             "sum" or "mean".
         return_grad: False computes the loss only (one read of logits, no writes).
-        out: array of logits' shape and dtype that receives the gradient.
-        inplace: write the gradient into ``logits`` and return that same array.
+        out: array of logits' shape and dtype, contiguous along ``axis``, that
+            receives the gradient: an ndarray (returned as grad) or any object
+            whose memory NumPy can view and write without a copy (a writable
+            buffer, a CPU tensor; grad is then a NumPy view of that memory). It
+            must not share memory with an input.
+        inplace: write the gradient into ``logits`` itself (same conditions as
+            ``out``) and return it. A layout that cannot be written in place is
+            an error, never a silent copy.
         backend: None/"auto" (compiled kernels if importable), "cpp" or "numpy".
 
     Returns:
@@ -80,6 +89,8 @@ def softmax_cross_entropy(
     Conventions: a class with target 0 adds nothing even at logit -inf; a row
     with a NaN, with +inf, or with all logits -inf gives NaN loss and gradient
     for that row only; ignored rows give 0 and do not count in "mean".
+    A bad argument raises TypeError, ValueError or IndexError with a message
+    that starts with the argument's name (the full table: docs/bad_inputs.md).
 
     Example:
         >>> import numpy as np, fastxent as fx
