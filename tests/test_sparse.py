@@ -254,3 +254,18 @@ def test_ignore_index_is_refused_with_sparse_targets(backend: str) -> None:
             ignore_index=2,
             backend=backend,
         )
+
+
+def test_to_dense_and_repr(rng: np.random.Generator) -> None:
+    indptr, indices, values = random_csr(7, K, rng, weighted=True)
+    indices[1:3] = indices[
+        0
+    ]  # duplicates within row 0 if it has them, else across rows
+    t = fx.SparseTargets(indptr, indices, values)
+    np.testing.assert_array_equal(t.to_dense(K), ref.sparse_to_dense(t, K))
+    assert t.to_dense(K, np.float32).dtype == np.float32
+    np.testing.assert_array_equal(
+        fx.SparseTargets(indptr, indices).to_dense(K),
+        ref.sparse_to_dense(fx.SparseTargets(indptr, indices), K),
+    )
+    assert repr(t) == f"SparseTargets(rows=7, nnz={indices.size})"
