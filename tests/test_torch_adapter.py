@@ -163,6 +163,34 @@ def test_backward_twice_with_retain_graph() -> None:
     torch.testing.assert_close(g1, torch.autograd.grad(F.cross_entropy(x, t, reduction="none"), x, u)[0])
 
 
+def test_saved_gradient_handed_over_safely() -> None:
+    # With upstream 1 the backward returns the saved gradient itself: autograd must
+    # copy it while the graph keeps it, whatever happens to x.grad or to other
+    # gradients summed into the same node (h feeds two losses).
+    def run(fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(5, K, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        t = torch.tensor([0, 1, 2, 3, 4])
+        h = x * 2.0
+        loss = fn(h, t) + fn(h, t, label_smoothing=0.2)
+        loss.backward(retain_graph=True)
+        first = x.grad.clone()  # type: ignore[union-attr]
+        x.grad.mul_(10.0)  # type: ignore[union-attr]
+        loss.backward()
+        return first, x.grad  # type: ignore[return-value]
+
+    first, second = run(cross_entropy)
+    ref_first, ref_second = run(F.cross_entropy)
+    torch.testing.assert_close(first, ref_first)
+    torch.testing.assert_close(second, ref_second)
+    torch.testing.assert_close(second, 11.0 * first)
+    x = torch.randn(3, K, requires_grad=True)
+    loss = cross_entropy(x, torch.tensor([1, 2, 3]))
+    saved_ptr = loss.grad_fn.saved_tensors[0].data_ptr()  # type: ignore[union-attr]
+    loss.backward()
+    assert x.grad is not None
+    assert x.grad.data_ptr() == saved_ptr  # taken over without a copy once the graph is freed
+
+
 def test_double_backward_is_refused() -> None:
     x = torch.randn(3, K, dtype=torch.float64, requires_grad=True)
     loss = cross_entropy(x, torch.tensor([0, 1, 2]))

@@ -108,6 +108,11 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
         (grad,) = ctx.saved_tensors
+        if ctx.reduction != "none" and grad_loss.item() == 1.0:
+            # loss.backward(): hand over the saved gradient itself. Autograd copies it
+            # before anyone writes to it while the graph keeps it (retain_graph=True),
+            # and takes it over without a copy once the graph is freed.
+            return grad, None, None, None, None, None
         if ctx.reduction == "none" and ctx.class_dim is not None:
             grad_loss = grad_loss.unsqueeze(ctx.class_dim)  # one upstream value per row, broadcast over classes
         return grad * grad_loss, None, None, None, None, None
