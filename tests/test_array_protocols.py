@@ -10,10 +10,11 @@ from __future__ import annotations
 import array
 from typing import Any
 
-import fastxent as fx
 import numpy as np
 import pytest
 import torch
+
+import fastxent as fx
 
 N, K = 5, 11
 

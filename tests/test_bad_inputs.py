@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fastxent as fx
 import numpy as np
 import pytest
 import scipy.sparse
 from reference import cross_entropy
+
+import fastxent as fx
 
 f = fx.softmax_cross_entropy
 N, K = 4, 5

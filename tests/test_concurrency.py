@@ -13,9 +13,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import fastxent as fx
 import numpy as np
 import pytest
+
+import fastxent as fx
 
 
 @pytest.fixture

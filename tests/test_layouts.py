@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import fastxent as fx
 import numpy as np
 import pytest
+
+import fastxent as fx
 
 N, K = 6, 37  # K not a multiple of any SIMD width: heads and tails are exercised
 

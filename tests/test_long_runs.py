@@ -15,9 +15,10 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-import fastxent as fx
 import numpy as np
 import pytest
+
+import fastxent as fx
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import fastxent as fx
 import hypothesis.extra.numpy as hnp
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
+import fastxent as fx
 
 # Modest example counts keep this file at a few seconds; deadline=None because the
 # first call of a shape may allocate and CI machines are shared.
