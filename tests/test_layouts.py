@@ -289,3 +289,26 @@ def test_rowwise_functions_layout(op: str, layout: str, backend: str, rng: np.ra
     x = rng.standard_normal((N, K)).astype(np.float32)
     fn = getattr(fx, op)
     np.testing.assert_array_equal(fn(LAYOUTS[layout](x), backend=backend), fn(x, backend=backend), strict=True)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_arrays_handed_to_the_kernels_are_aligned_with_unit_class_stride(layout: str, rng: np.random.Generator) -> None:
+    """x86 forgives misaligned loads, so wrong numbers would never show it: check the
+    validated problem itself (UBSan in .ci/sanitize.sh checks the kernels' side)."""
+    from fastxent._validate import prepare_loss
+
+    x = rng.standard_normal((N, K)).astype(np.float32)
+    odd = LAYOUTS[layout]
+    args = {"axis": -1, "reduction": "mean", "ignore_index": -100, "label_smoothing": 0.0, "z_loss": 0.0}
+    for targets in (odd(rng.integers(0, K, N)), odd(make_targets("dense", rng, np.float32))):
+        p = prepare_loss(
+            odd(x), targets, weight=odd(rng.random(K)), softcap=None, return_grad=True, out=None, inplace=False, **args
+        )
+        for a in (p.x, p.dense, p.index, p.weight, p.grad):
+            if a is None:
+                continue
+            assert a.flags.aligned
+            assert a.dtype.isnative
+            assert a.strides[0] % a.itemsize == 0  # 1-D class indices: any whole-item stride
+            if a.ndim == 2:
+                assert a.strides[1] == a.itemsize

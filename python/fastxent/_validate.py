@@ -141,7 +141,7 @@ def rows_view(a: np.ndarray, axis: int) -> np.ndarray:
     k = a.shape[-1]
     r = _canonical(a.reshape(-1, k) if a.ndim != 2 else a)
     if not _kernel_layout(r):
-        r = np.ascontiguousarray(r)  # always aligned, unit strides
+        r = r.copy(order="C")  # a fresh buffer: aligned, unit strides (ascontiguousarray keeps a misaligned one)
     return r
 
 
@@ -344,7 +344,7 @@ def prepare_loss(
             if idx.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
                 idx = idx.astype(np.int64)
             if not idx.flags.aligned or idx.strides[0] % idx.itemsize:
-                idx = np.ascontiguousarray(idx)  # the kernel steps through it in whole items
+                idx = idx.copy()  # the kernel steps through it in whole, aligned items
             if idx.size:
                 lo, hi = int(idx.min()), int(idx.max())
                 if lo < 0 or hi >= k:
