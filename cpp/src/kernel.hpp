@@ -321,7 +321,7 @@ struct SparseEntries {
 };
 
 // Rows below this many elements in total stay on the calling thread.
-constexpr int64_t kMinParallelElements = int64_t(1) << 18;
+constexpr int64_t kMinParallelElements = int64_t(1) << 17;
 // Gradients above this many bytes are written with non-temporal stores: they
 // cannot stay in cache anyway, and streaming skips reading their lines first.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;

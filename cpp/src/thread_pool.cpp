@@ -64,13 +64,16 @@ class Pool {
       grain_ = std::max<int64_t>(1, ntasks / (4 * nthreads));
       next_.store(0);
       active_workers_ = nthreads - 1;
-      pending_ = nthreads - 1;
+      open_ = true;
       ++generation_;
     }
     wake_.notify_all();
     work();
+    // Close the call: a worker that wakes only now (the machine is busy) finds
+    // nothing to join, so the caller never waits for a thread that did no work.
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    open_ = false;
+    done_.wait(lock, [this] { return joined_ == 0; });
   }
 
  private:
@@ -90,11 +93,12 @@ class Pool {
         wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
         if (stopping_) return;
         seen = generation_;
-        if (id >= active_workers_) continue;
+        if (id >= active_workers_ || !open_) continue;
+        ++joined_;
       }
       work();
       std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (--joined_ == 0) done_.notify_one();
     }
   }
 
@@ -105,7 +109,8 @@ class Pool {
   bool stopping_ = false;
   uint64_t generation_ = 0;
   int active_workers_ = 0;
-  int pending_ = 0;
+  bool open_ = false;  // workers may still join the current call
+  int joined_ = 0;     // workers inside the current call
   detail::RangeFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t ntasks_ = 0, grain_ = 1;
