@@ -4,7 +4,8 @@
 The arrays are large in address space but cheap in memory: np.zeros maps untouched
 pages to the kernel's shared zero page, so reading them costs no RSS, and only the
 few pages a test writes become resident. Each test therefore reaches offsets beyond
-2^31 elements (8 GiB of float32) while using a few MiB. Measured on the 2-core dev
+2^31 elements (8 GiB of float32; each buffer is one 8 GiB allocation, so the
+machine needs that much RAM + swap for Linux to grant it) while using a few MiB. Measured on the 2-core dev
 machine: about 10 s, and resident memory grows by < 50 MiB.
 """
 
@@ -40,9 +41,12 @@ MAX_GROWTH_MIB = 512
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32])
 def test_row_stride_beyond_2_31_elements(dtype: type) -> None:
-    """Two rows 2^31 + 16 elements apart, for logits, dense targets and out=."""
+    """Two rows 2^31 + 16 elements apart, for logits, dense targets and out=.
+    float32 only: the offset arithmetic is the same template code for float64, and
+    a 16 GiB float64 buffer could exceed a smaller CI machine's overcommit limit
+    (Linux refuses one allocation larger than RAM + swap)."""
     start = rss_mib()
     k = 1000
     rng = np.random.default_rng(0)
