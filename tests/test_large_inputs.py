@@ -4,9 +4,9 @@
 The arrays are large in address space but cheap in memory: np.zeros maps untouched
 pages to the kernel's shared zero page, so reading them costs no RSS, and only the
 few pages a test writes become resident. Each test therefore reaches offsets beyond
-2^31 elements (8 GiB of float32; each buffer is one 8 GiB allocation, so the
-machine needs that much RAM + swap for Linux to grant it) while using a few MiB. Measured on the 2-core dev
-machine: about 10 s, and resident memory grows by < 50 MiB.
+2^31 elements (8 GiB of float32) while using a few MiB. Each buffer is one 8 GiB
+allocation, which Linux grants only with that much RAM + swap. Measured on the
+2-core dev machine: about 6 s, and resident memory grows by < 50 MiB.
 """
 
 from __future__ import annotations
