@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
 import fastxent as fx
-import reference as ref
 
 N, K, D = 6, 5, 3  # logits (N, K, D), classes on axis 1 as PyTorch lays them out
 REDUCTIONS = ["none", "sum", "mean"]

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
 import fastxent as fx
-import reference as ref
 
 SUPPORTED_SIMD = fx.backend_info()["supported_simd"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 
 import fastxent as fx
-import reference as ref
 
 OPS = ["logsumexp", "softmax", "log_softmax"]
 INF, NAN = np.inf, np.nan

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 import scipy.sparse as sp
 
 import fastxent as fx
-import reference as ref
 
 K = 37
 

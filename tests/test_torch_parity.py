@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
 import fastxent as fx
-import reference as ref
 
 LAYOUTS = [
     (6, 5),

@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
 
     loss, grad = fx.softmax_cross_entropy(x, y)
     loss_np, grad_np = fx.softmax_cross_entropy(x, y, backend="numpy")
-    assert grad is not None and grad_np is not None
+    assert grad is not None
+    assert grad_np is not None
     dl = abs(float(loss) - float(loss_np)) / abs(float(loss_np))
     dg = float(np.max(np.abs(grad - grad_np)) / np.max(np.abs(grad_np)))
     print(f"loss = {float(loss):.6f}; vs NumPy backend: loss rel diff {dl:.1e}, grad max diff {dg:.1e} (of max |grad|)")
