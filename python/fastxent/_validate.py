@@ -244,6 +244,69 @@ def _check_float_option(value: Any, name: str, lo: float, hi: float, lo_open: bo
     return v
 
 
+_FAST_INDEX_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
+
+
+def _fast_problem(
+    logits: Any, targets: Any, axis: Any, reduction: Any, weight: Any, ignore_index: Any,
+    label_smoothing: Any, z_loss: Any, softcap: Any, return_grad: Any, out: Any, inplace: Any,
+) -> LossProblem | None:
+    """The common call (C-contiguous 2-D logits, class indices or same-dtype dense
+    targets, default options, gradient allocated or into a C-contiguous out= that
+    overlaps nothing) with only the checks it needs:
+    a few microseconds instead of the general path's ten or more. None when any
+    argument is off this path; prepare_loss then checks everything."""
+    if not (
+        type(logits) is np.ndarray and type(targets) is np.ndarray
+        and weight is None and softcap is None and inplace is False and return_grad is True
+        and (out is None or type(out) is np.ndarray)
+        and type(ignore_index) is int and label_smoothing == 0.0 and z_loss == 0.0
+        and type(label_smoothing) in (float, int) and type(z_loss) in (float, int)
+        and (axis == -1 or axis == 1) and type(axis) is int and reduction in REDUCTIONS
+    ):
+        return None
+    dtype = logits.dtype
+    if logits.ndim != 2 or not (dtype is _FLOAT_DTYPES[0] or dtype is _FLOAT_DTYPES[1]):
+        return None
+    n, k = logits.shape
+    if n == 0 or k < 2 or not (logits.flags.c_contiguous and logits.flags.aligned):
+        return None  # (k == 1 arrays may have any stride: the general path canonicalises)
+    tdt = targets.dtype
+    p = LossProblem()
+    p.dense = p.index = p.sparse = None
+    if tdt is _FAST_INDEX_DTYPES[0] or tdt is _FAST_INDEX_DTYPES[1]:
+        if targets.shape != (n,) or not (targets.flags.c_contiguous and targets.flags.aligned):
+            return None
+        # One reduction checks both bounds: seen unsigned, a negative label is huge.
+        unsigned = targets.view(np.uint64 if tdt.itemsize == 8 else np.uint32)
+        if int(np.maximum.reduce(unsigned)) >= k:
+            return None  # ignored rows or a bad label: the general path tells them apart
+        p.kind, p.index = "index", targets
+    elif tdt is dtype:
+        if targets.shape != (n, k) or not (targets.flags.c_contiguous and targets.flags.aligned):
+            return None
+        if ignore_index >= 0:
+            return None  # refused by the general path
+        p.kind, p.dense = "dense", targets
+    else:
+        return None
+    if out is None:
+        out = np.empty((n, k), dtype=dtype)
+    elif not (
+        out.dtype is dtype and out.shape == (n, k) and out.flags.c_contiguous and out.flags.aligned
+        and out.flags.writeable and not np.may_share_memory(out, logits) and not np.may_share_memory(out, targets)
+    ):
+        return None
+    p.x = logits
+    p.grad = p.grad_result = out
+    p.weight = None
+    p.lead_shape = (n,)
+    p.reduction = reduction
+    p.ignore_index = ignore_index
+    p.label_smoothing = p.z_loss = p.softcap = 0.0
+    return p
+
+
 def prepare_loss(
     logits: Any,
     targets: Any,
@@ -259,6 +322,12 @@ def prepare_loss(
     out: Any,
     inplace: Any,
 ) -> LossProblem:
+    fast = _fast_problem(
+        logits, targets, axis, reduction, weight, ignore_index, label_smoothing, z_loss, softcap, return_grad,
+        out, inplace,
+    )
+    if fast is not None:
+        return fast
     p = LossProblem()
     return_grad = _check_bool(return_grad, "return_grad")
     inplace = _check_bool(inplace, "inplace")
