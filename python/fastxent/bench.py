@@ -56,6 +56,7 @@ import fastxent as fx
 
 DEFAULT_SIZES = "256x1000,4096x1000,512x32000,2048x32000,64x262144"
 QUICK_SIZES = "64x1000"
+SETTLE_S = 0.05  # pause before every timed call: see run_case
 DENSE_DENSITY = 0.001
 SPARSE_DENSITY = 0.01
 MULTILABEL_LABELS = 10
@@ -405,6 +406,10 @@ def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None]) 
             order = live[r % len(live):] + live[: r % len(live)] if live else []
             for c in order:
                 assert c.fn is not None
+                # PyTorch's OpenMP and JAX's Eigen workers keep spinning for a while
+                # after their call; timed right after them, fastxent's second thread
+                # shares its core with a spinner (+15% at 2048x32000). Let them sleep.
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 c.fn()
                 times[c.name].append(time.perf_counter() - t0)
