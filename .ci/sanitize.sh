@@ -3,6 +3,7 @@
 # (CMake option FASTXENT_SANITIZE) into its own virtual environment and runs the
 # whole test suite under them, from outside the source tree. Any ASan report or
 # UB aborts the run. Usage, from a fresh clone:  bash .ci/sanitize.sh [pytest args]
+# (.ci/run calls it last, with FASTXENT_REUSE_VENV=1 inside its own venv).
 #
 # Why the environment looks like this:
 # - LD_PRELOAD=libasan.so: the ASan runtime must be the first library loaded, and
@@ -33,12 +34,18 @@ for lib in "$libasan" "$libstdcxx"; do
   fi
 done
 
-python3 -m venv "$work/venv"
-# shellcheck disable=SC1091
-. "$work/venv/bin/activate"
-python -m pip install -q --upgrade pip
-python -m pip install -q -r "$repo/requirements-test.txt"
-echo "== deps installed ($((SECONDS - start))s)"
+if [[ -n "${FASTXENT_REUSE_VENV:-}" && -n "${VIRTUAL_ENV:-}" ]]; then
+  # Called by .ci/run after its own tests: its venv has the test requirements;
+  # the sanitized build replaces the release wheel there.
+  echo "== reusing $VIRTUAL_ENV"
+else
+  python3 -m venv "$work/venv"
+  # shellcheck disable=SC1091
+  . "$work/venv/bin/activate"
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -r "$repo/requirements-test.txt"
+  echo "== deps installed ($((SECONDS - start))s)"
+fi
 
 # RelWithDebInfo: optimised like the release build (the SIMD paths are the ones
 # that run), with line numbers in every sanitizer report.
