@@ -214,11 +214,32 @@ struct RowKernel {
     return r;
   }
 
-  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j), from the block's
-  // stored exponentials e. `stream`: non-temporal stores (gradient >> cache).
-  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e,
+  T* grad_row(int64_t i) const { return pr.p->grad + i * pr.p->grad_row_stride; }
+
+  // Stores value(j, n, full) to g[j0, j1). `stream`: non-temporal stores from the
+  // first aligned address on (the gradient is far larger than the cache).
+  template <class F>
+  static void store_range(T* g, int64_t j0, int64_t j1, F&& value, bool stream) {
+    constexpr std::true_type full{};
+    constexpr std::false_type partial{};
+    int64_t j = j0;
+    if (stream) {
+      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
+      const int64_t head = std::min(j1 - j0, misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0);
+      if (misalign % sizeof(T) == 0 && head < L) {
+        if (head > 0) value(j, head, partial).store_partial(g + j, head);
+        j += head;
+        for (; j + L <= j1; j += L) value(j, L, full).stream(g + j);
+      }
+    }
+    for (; j + L <= j1; j += L) value(j, L, full).store(g + j);
+    if (j < j1) value(j, j1 - j, partial).store_partial(g + j, j1 - j);
+  }
+
+  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j) for one block, from
+  // the block's stored exponentials e, into the row g (which may be e itself).
+  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e, T* g,
                   bool stream) const {
-    T* g = pr.p->grad + i * pr.p->grad_row_stride;
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
     if (r.ignored) {  // e holds another row's values here
       std::fill(g + j0, g + j1, T(0));
@@ -232,7 +253,7 @@ struct RowKernel {
     const V inv_cap = V::set1(pr.inv_softcap);
     const T* x = x_row(i);
     const DenseQ dq = dense_q(i);
-    auto value = [&](int64_t j, int64_t n, auto full) {
+    store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
       constexpr bool kFull = decltype(full)::value;
       V gv = load_n<kFull>(e + j, n, T(0)) * coef;
       if constexpr (kSmooth) gv = gv - dq.template at<kFull>(j, n) * scale;
@@ -241,22 +262,14 @@ struct RowKernel {
         gv = gv * (V::set1(T(1)) - th * th);
       }
       return gv;
-    };
-    constexpr std::true_type full{};
-    constexpr std::false_type partial{};
-    int64_t j = j0;
-    if (stream) {
-      // Ordinary stores up to the first aligned address, then streaming stores.
-      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
-      const int64_t head = std::min(j1 - j0, misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0);
-      if (misalign % sizeof(T) == 0 && head < L) {
-        if (head > 0) value(j, head, partial).store_partial(g + j, head);
-        j += head;
-        for (; j + L <= j1; j += L) value(j, L, full).stream(g + j);
-      }
-    }
-    for (; j + L <= j1; j += L) value(j, L, full).store(g + j);
-    if (j < j1) value(j, j1 - j, partial).store_partial(g + j, j1 - j);
+    }, stream);
+  }
+
+  // Streams a finished row from the scratch e to g.
+  void stream_row(const T* e, T* g) const {
+    store_range(g, 0, pr.p->classes, [&](int64_t j, int64_t n, auto full) {
+      return load_n<decltype(full)::value>(e + j, n, T(0));
+    }, true);
   }
 
   // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
@@ -277,9 +290,9 @@ struct RowKernel {
   }
 
   template <class Entries>
-  void apply_corrections(int64_t i, const RowResult& r, const Entries& entries, const std::vector<T>& corr) const {
+  void apply_corrections(int64_t i, const RowResult& r, const Entries& entries, const std::vector<T>& corr,
+                         T* g) const {
     if (r.ignored) return;
-    T* g = pr.p->grad + i * pr.p->grad_row_stride;
     size_t k = 0;
     entries.for_each(i, [&](int64_t j, double) { g[j] += corr[k++]; });
   }
@@ -288,12 +301,14 @@ struct RowKernel {
 // Entry targets: a list of (class, q_j) per row beyond the dense part.
 template <class T>
 struct NoEntries {
+  static constexpr bool kMany = false;  // many entries per row (see drive)
   bool ignored(int64_t) const { return false; }
   template <class F> void for_each(int64_t, F&&) const {}
 };
 
 template <class T, class I>
 struct IndexEntries {
+  static constexpr bool kMany = false;
   const Params<T>& pr;
   const I* idx;
   int64_t stride;
@@ -307,6 +322,7 @@ struct IndexEntries {
 
 template <class T>
 struct SparseEntries {
+  static constexpr bool kMany = true;
   const Params<T>& pr;
   bool ignored(int64_t) const { return false; }
   template <class F> void for_each(int64_t i, F&& f) const {
@@ -353,8 +369,17 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
         row_loss[i] = T(r.loss);
         if (!want_grad) continue;
         kern.entry_corrections(i, r, entries, corr);
-        for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, stream);
-        kern.apply_corrections(i, r, entries, corr);
+        T* g = kern.grad_row(i);
+        if (stream && Entries::kMany) {
+          // Finish the row in its scratch (in cache), then stream it out: adding
+          // many entries to a streamed row would read each touched line back.
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, e, false);
+          kern.apply_corrections(i, r, entries, corr, e);
+          kern.stream_row(e, g);
+        } else {
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, g, stream);
+          kern.apply_corrections(i, r, entries, corr, g);
+        }
       }
       if (stream) V::stream_fence();
     };
@@ -383,11 +408,12 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
   if (!want_grad) return;
   auto grad_body = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      kern.block_grad(t / nb, t % nb, results[size_t(t / nb)], stats[size_t(t)], exps.data() + (t / nb) * k, stream);
+      kern.block_grad(t / nb, t % nb, results[size_t(t / nb)], stats[size_t(t)], exps.data() + (t / nb) * k,
+                      kern.grad_row(t / nb), stream);
     if (stream) V::stream_fence();
   };
   detail::parallel_for(n * nb, grad_body);
-  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i));
 }
 
 // Picks the compile-time variant for this call's options.
