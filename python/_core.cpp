@@ -1,13 +1,15 @@
-// The one binding file: turns NumPy arrays into the C++ core's pointers and strides
-// and back. Argument checking (shapes, dtypes, ranges) happens in Python before a
-// call reaches here; this file re-checks only what it needs to avoid undefined
-// behaviour (dtype, dimensions, unit column stride), and releases the GIL around
+// The one binding file: reads the validated LossProblem record (python/fastxent/
+// _problem.py) into fastxent::Problem<T> and turns arrays into pointers and strides.
+// Argument checking (shapes, dtypes, ranges) happens in Python before a call
+// reaches here; this file re-checks only what it needs to avoid undefined behaviour
+// (dtype, dimensions, unit column stride, lengths), and releases the GIL around
 // every kernel.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
+#include <unordered_map>
 
 #include "fastxent/fastxent.hpp"
 
@@ -45,25 +47,51 @@ fastxent::Reduction parse_reduction(const std::string& r) {
   throw py::value_error("reduction: internal: unknown reduction " + r);
 }
 
+// One field of the LossProblem record (python/fastxent/_problem.py). The names are
+// interned once (the GIL guards the map): getattr with a C string would build a
+// new str on every call.
+py::object field(const py::handle& record, const char* name) {
+  static std::unordered_map<const char*, py::handle> interned;  // keys: string literals
+  auto it = interned.find(name);
+  if (it == interned.end()) it = interned.emplace(name, PyUnicode_InternFromString(name)).first;
+  return record.attr(it->second);
+}
+
+// An array field, or nullptr-equivalent when the field is None.
+py::array array_field(const py::handle& record, const char* name) {
+  py::object value = field(record, name);
+  if (!py::isinstance<py::array>(value)) throw py::type_error(std::string(name) + ": internal: expected an ndarray");
+  return py::reinterpret_borrow<py::array>(value);
+}
+
+bool is_none(const py::handle& record, const char* name) { return field(record, name).is_none(); }
+
+// A 1-D contiguous array of n values of type E.
+template <class E>
+const E* vector_data(const py::array& a, int64_t n, const char* name) {
+  if (!is_dtype<E>(a) || a.ndim() != 1 || a.shape(0) != n || !(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": internal: expected " + std::to_string(n) + " contiguous values");
+  return static_cast<const E*>(a.data());
+}
+
+// Reads the record into Problem<T>: the one place that knows both sides' names.
 template <class T>
-double loss_impl(py::array logits, const std::string& kind, py::object dense, py::object index,
-                 py::object indptr, py::object indices, py::object values, py::object weight,
-                 int64_t ignore_index, double label_smoothing, double z_loss, double softcap,
-                 const std::string& reduction, py::array row_loss, py::object grad) {
+Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row_loss, py::object& grad) {
   Problem<T> p;
   p.rows = logits.shape(0);
   p.classes = logits.shape(1);
   p.logits = static_cast<const T*>(logits.data());
   p.logits_row_stride = row_stride<T>(logits, "logits");
+  const std::string kind = field(rec, "target_kind").cast<std::string>();
   if (kind == "dense") {
-    py::array y = dense;
+    py::array y = array_field(rec, "dense_targets");
     p.target_kind = fastxent::TargetKind::dense;
     p.dense_targets = static_cast<const T*>(y.data());
-    p.targets_row_stride = row_stride<T>(y, "targets");
-    if (y.shape(0) != p.rows || y.shape(1) != p.classes) throw py::value_error("targets: internal: shape mismatch");
+    p.targets_row_stride = row_stride<T>(y, "dense_targets");
+    if (y.shape(0) != p.rows || y.shape(1) != p.classes) throw py::value_error("dense_targets: internal: shape mismatch");
   } else if (kind == "index") {
-    py::array idx = index;
-    if (idx.ndim() != 1 || idx.shape(0) != p.rows) throw py::value_error("targets: internal: expected N class indices");
+    py::array idx = array_field(rec, "class_index");
+    if (idx.ndim() != 1 || idx.shape(0) != p.rows) throw py::value_error("class_index: internal: expected N class indices");
     if (is_dtype<int32_t>(idx)) {
       p.target_kind = fastxent::TargetKind::index32;
       p.index32 = static_cast<const int32_t*>(idx.data());
@@ -73,59 +101,51 @@ double loss_impl(py::array logits, const std::string& kind, py::object dense, py
       p.index64 = static_cast<const int64_t*>(idx.data());
       p.index_stride = idx.strides(0) / 8;
     } else {
-      throw py::value_error("targets: internal: class indices must be int32 or int64");
+      throw py::value_error("class_index: internal: class indices must be int32 or int64");
     }
   } else if (kind == "sparse") {
-    py::array ip = indptr, ix = indices;
-    if (!is_dtype<int64_t>(ip) || !is_dtype<int64_t>(ix) || !(ip.flags() & py::array::c_style) ||
-        !(ix.flags() & py::array::c_style) || ip.ndim() != 1 || ip.shape(0) != p.rows + 1)
-      throw py::value_error("targets: internal: sparse indptr/indices must be contiguous int64");
+    py::array indptr = array_field(rec, "sparse_indptr"), indices = array_field(rec, "sparse_indices");
     p.target_kind = fastxent::TargetKind::sparse;
-    p.sparse_indptr = static_cast<const int64_t*>(ip.data());
-    p.sparse_indices = static_cast<const int64_t*>(ix.data());
-    if (!values.is_none()) {
-      py::array v = values;
-      if (!is_dtype<T>(v) || !(v.flags() & py::array::c_style) || v.shape(0) != ix.shape(0))
-        throw py::value_error("targets: internal: sparse values must be contiguous, logits' dtype");
-      p.sparse_values = static_cast<const T*>(v.data());
-    }
+    p.sparse_indptr = vector_data<int64_t>(indptr, p.rows + 1, "sparse_indptr");
+    const int64_t nnz = indices.ndim() == 1 ? indices.shape(0) : -1;
+    p.sparse_indices = vector_data<int64_t>(indices, nnz, "sparse_indices");
+    if (!is_none(rec, "sparse_values")) p.sparse_values = vector_data<T>(array_field(rec, "sparse_values"), nnz, "sparse_values");
   } else {
-    throw py::value_error("targets: internal: unknown target kind " + kind);
+    throw py::value_error("target_kind: internal: unknown target kind " + kind);
   }
-  if (!weight.is_none()) {
-    py::array w = weight;
-    if (!is_dtype<T>(w) || w.ndim() != 1 || w.shape(0) != p.classes || !(w.flags() & py::array::c_style))
-      throw py::value_error("weight: internal: expected K contiguous values of the logits' dtype");
-    p.weight = static_cast<const T*>(w.data());
-  }
-  p.ignore_index = ignore_index;
-  p.label_smoothing = label_smoothing;
-  p.z_loss = z_loss;
-  p.softcap = softcap;
-  p.reduction = parse_reduction(reduction);
-  if (!is_dtype<T>(row_loss) || row_loss.ndim() != 1 || row_loss.shape(0) != p.rows || !(row_loss.flags() & py::array::c_style))
-    throw py::value_error("row_loss: internal: expected N contiguous values");
+  if (!is_none(rec, "weight")) p.weight = vector_data<T>(array_field(rec, "weight"), p.classes, "weight");
+  p.ignore_index = field(rec, "ignore_index").cast<int64_t>();
+  p.label_smoothing = field(rec, "label_smoothing").cast<double>();
+  p.z_loss = field(rec, "z_loss").cast<double>();
+  p.softcap = field(rec, "softcap").cast<double>();
+  p.reduction = parse_reduction(field(rec, "reduction").cast<std::string>());
+  vector_data<T>(row_loss, p.rows, "row_loss");
   p.row_loss = mutable_data<T>(row_loss, "row_loss");
   if (!grad.is_none()) {
     py::array g = grad;
-    p.grad_row_stride = row_stride<T>(g, "out");
-    if (g.shape(0) != p.rows || g.shape(1) != p.classes) throw py::value_error("out: internal: shape mismatch");
-    p.grad = mutable_data<T>(g, "out");
+    p.grad_row_stride = row_stride<T>(g, "grad");
+    if (g.shape(0) != p.rows || g.shape(1) != p.classes) throw py::value_error("grad: internal: shape mismatch");
+    p.grad = mutable_data<T>(g, "grad");
   }
-  py::gil_scoped_release release;
-  return fastxent::softmax_cross_entropy(p);
+  return p;
 }
 
-double loss(py::array logits, const std::string& kind, py::object dense, py::object index, py::object indptr,
-            py::object indices, py::object values, py::object weight, int64_t ignore_index,
-            double label_smoothing, double z_loss, double softcap, const std::string& reduction,
-            py::array row_loss, py::object grad) {
-  if (is_dtype<float>(logits))
-    return loss_impl<float>(logits, kind, dense, index, indptr, indices, values, weight, ignore_index,
-                            label_smoothing, z_loss, softcap, reduction, row_loss, grad);
-  if (is_dtype<double>(logits))
-    return loss_impl<double>(logits, kind, dense, index, indptr, indices, values, weight, ignore_index,
-                             label_smoothing, z_loss, softcap, reduction, row_loss, grad);
+// Fills the record's row_loss (and grad unless None); returns the reduced loss.
+double loss(const py::object& record) {
+  // The caller holds the record, and the record every array, while the GIL is released.
+  py::array logits = array_field(record, "logits");
+  py::array row_loss = array_field(record, "row_loss");
+  py::object grad = field(record, "grad");
+  if (is_dtype<float>(logits)) {
+    Problem<float> p = read_problem<float>(record, logits, row_loss, grad);
+    py::gil_scoped_release release;
+    return fastxent::softmax_cross_entropy(p);
+  }
+  if (is_dtype<double>(logits)) {
+    Problem<double> p = read_problem<double>(record, logits, row_loss, grad);
+    py::gil_scoped_release release;
+    return fastxent::softmax_cross_entropy(p);
+  }
   throw py::type_error("logits: internal: expected float32 or float64");
 }
 

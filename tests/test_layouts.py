@@ -295,7 +295,7 @@ def test_rowwise_functions_layout(op: str, layout: str, backend: str, rng: np.ra
 def test_arrays_handed_to_the_kernels_are_aligned_with_unit_class_stride(layout: str, rng: np.random.Generator) -> None:
     """x86 forgives misaligned loads, so wrong numbers would never show it: check the
     validated problem itself (UBSan in .ci/sanitize.sh checks the kernels' side)."""
-    from fastxent._validate import prepare_loss
+    from fastxent._problem import prepare_loss
 
     x = rng.standard_normal((N, K)).astype(np.float32)
     odd = LAYOUTS[layout]
@@ -304,7 +304,7 @@ def test_arrays_handed_to_the_kernels_are_aligned_with_unit_class_stride(layout:
         p = prepare_loss(
             odd(x), targets, weight=odd(rng.random(K)), softcap=None, return_grad=True, out=None, inplace=False, **args
         )
-        for a in (p.x, p.dense, p.index, p.weight, p.grad):
+        for a in (p.logits, p.dense_targets, p.class_index, p.weight, p.grad, p.row_loss):
             if a is None:
                 continue
             assert a.flags.aligned

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import fastxent as fx
+from fastxent._problem import prepare_loss
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -46,9 +47,12 @@ def _calls(rng: np.random.Generator) -> list[Callable[[], Any]]:
 
     def rejected() -> Any:  # an error raised in the binding itself, after it took the arrays
         try:
-            fx._backend.require_core().loss(
-                x, "nonsense", None, None, None, None, None, None, -100, 0.0, 0.0, 0.0, "mean", np.empty(8, np.float32), None
+            problem = prepare_loss(
+                x, y, axis=-1, reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                softcap=None, return_grad=True, out=None, inplace=False,
             )
+            problem.target_kind = "nonsense"
+            fx._backend.require_core().loss(problem)
         except ValueError:
             return None
         raise AssertionError("the binding accepted an unknown target kind")

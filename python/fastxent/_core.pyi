@@ -1,31 +1,19 @@
 """Type stub for fastxent's compiled kernels (python/_core.cpp).
 
 Private: the public functions in fastxent check every argument and then call these
-with already-validated 2-D (rows, classes) arrays whose columns are contiguous.
+with the validated LossProblem record (_problem.py) or already-validated 2-D (rows,
+classes) arrays whose columns are contiguous.
 """
 
 from typing import Any
 
 import numpy as np
 
-def loss(
-    logits: np.ndarray,
-    kind: str,
-    dense: np.ndarray | None,
-    index: np.ndarray | None,
-    indptr: np.ndarray | None,
-    indices: np.ndarray | None,
-    values: np.ndarray | None,
-    weight: np.ndarray | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-    row_loss: np.ndarray,
-    grad: np.ndarray | None,
-) -> float:
-    """Fills row_loss (and grad unless None); returns the reduced loss."""
+from ._problem import LossProblem
+
+def loss(problem: LossProblem) -> float:
+    """Reads the record's fields; fills problem.row_loss (and problem.grad unless
+    None); returns the reduced loss."""
 
 def rowwise(op: str, x: np.ndarray, out: np.ndarray) -> None:
     """op: 'logsumexp' (out has one value per row), 'softmax' or 'log_softmax'."""

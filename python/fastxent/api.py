@@ -1,4 +1,4 @@
-"""The public functions: argument checks (in _validate), backend choice, results."""
+"""The public functions: argument checks (_checks, _problem), backend choice, results."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from . import _backend, numpy_backend
-from ._validate import (
-    as_array,
-    check_backend,
-    check_logits,
-    empty_rows,
-    normalize_axis,
-    prepare_loss,
-    rows_view,
-)
+from ._checks import check_backend, check_logits, normalize_axis
+from ._layout import empty_rows, rows_view
+from ._problem import prepare_loss
 
 Reduction = Literal["none", "sum", "mean"]
 Backend = Optional[Literal["auto", "cpp", "numpy"]]  # (X | None is Python >= 3.10 outside annotations)
@@ -116,30 +110,8 @@ def softmax_cross_entropy(
         inplace=inplace,
     )
     core = _pick_core(be)
-    n = p.x.shape[0]
-    if core is None:
-        row_loss, reduced = numpy_backend.softmax_cross_entropy(p)
-    else:
-        row_loss = np.empty(n, dtype=p.x.dtype)
-        sp = p.sparse
-        reduced = core.loss(
-            p.x,
-            p.kind,
-            p.dense,
-            p.index,
-            None if sp is None else sp.indptr,
-            None if sp is None else sp.indices,
-            None if sp is None else sp.values,
-            p.weight,
-            p.ignore_index,
-            p.label_smoothing,
-            p.z_loss,
-            p.softcap,
-            p.reduction,
-            row_loss,
-            p.grad,
-        )
-    loss = row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.x.dtype.type(reduced)
+    reduced = numpy_backend.softmax_cross_entropy(p) if core is None else core.loss(p)
+    loss = p.row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.logits.dtype.type(reduced)
     return loss, p.grad_result
 
 
@@ -200,4 +172,4 @@ def log_softmax(x: Any, axis: int = -1, *, backend: Backend = None) -> np.ndarra
     return _rowwise("log_softmax", x, axis, backend)
 
 
-__all__ = ["as_array", "log_softmax", "logsumexp", "softmax", "softmax_cross_entropy"]
+__all__ = ["log_softmax", "logsumexp", "softmax", "softmax_cross_entropy"]

@@ -1,66 +1,68 @@
 """The NumPy twin of the C++ kernels: the same math, conventions and results (to
 float rounding), used when the extension is unavailable or backend="numpy".
 
-It works on the validated `LossProblem` of _validate.py, so both backends see
-exactly the same inputs. Clarity over speed: it builds dense N x K temporaries.
+It reads the same `LossProblem` record as the binding (_problem.py), so both
+backends see exactly the same inputs. Clarity over speed: it builds dense N x K temporaries.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._validate import LossProblem
+from ._problem import LossProblem
 
 
 def effective_targets(p: LossProblem) -> np.ndarray:
-    """q of the SPEC, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
-    n, k = p.x.shape
-    dtype = p.x.dtype
+    """The effective targets (docs/spec.md#options), densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
+    n, k = p.logits.shape
+    dtype = p.logits.dtype
     a = dtype.type(1 - p.label_smoothing)
     b = dtype.type(p.label_smoothing / k)
-    if p.kind == "dense":
-        assert p.dense is not None
-        q: np.ndarray = p.dense * a + b
+    if p.target_kind == "dense":
+        assert p.dense_targets is not None
+        q: np.ndarray = p.dense_targets * a + b
     else:
         q = np.full((n, k), b, dtype=dtype)
-        if p.kind == "index":
-            assert p.index is not None
-            rows = np.flatnonzero(p.index != p.ignore_index)
-            q[rows, p.index[rows]] += a
+        if p.target_kind == "index":
+            idx = p.class_index
+            assert idx is not None
+            rows = np.flatnonzero(idx != p.ignore_index)
+            q[rows, idx[rows]] += a
         else:
-            assert p.sparse is not None
-            sp = p.sparse
-            rows = np.repeat(np.arange(n), np.diff(sp.indptr))
-            vals = np.ones(sp.indices.shape[0], dtype) if sp.values is None else sp.values.astype(dtype)
-            np.add.at(q, (rows, sp.indices), a * vals)
+            indptr, indices = p.sparse_indptr, p.sparse_indices
+            assert indptr is not None
+            assert indices is not None
+            rows = np.repeat(np.arange(n), np.diff(indptr))
+            vals = np.ones(indices.shape[0], dtype) if p.sparse_values is None else p.sparse_values
+            np.add.at(q, (rows, indices), a * vals)
     if p.weight is not None:
         q = q * p.weight
     return q
 
 
 def ignored_rows(p: LossProblem) -> np.ndarray:
-    if p.kind == "index":
-        assert p.index is not None
-        mask: np.ndarray = p.index == p.ignore_index
+    if p.target_kind == "index":
+        assert p.class_index is not None
+        mask: np.ndarray = p.class_index == p.ignore_index
         return mask
-    return np.zeros(p.x.shape[0], dtype=bool)
+    return np.zeros(p.logits.shape[0], dtype=bool)
 
 
 def mean_denominator(p: LossProblem) -> float:
     """torch's: the weights of the non-ignored rows' classes (index targets), else N."""
-    if p.kind != "index":
-        return float(p.x.shape[0])
-    assert p.index is not None
-    keep = p.index[p.index != p.ignore_index]
+    if p.target_kind != "index":
+        return float(p.logits.shape[0])
+    assert p.class_index is not None
+    keep = p.class_index[p.class_index != p.ignore_index]
     if p.weight is None:
         return float(keep.shape[0])
     return float(np.sum(p.weight[keep], dtype=np.float64))
 
 
-def softmax_cross_entropy(p: LossProblem) -> tuple[np.ndarray, float]:
-    """Row losses (dtype of logits) and the reduced loss; writes p.grad when set."""
+def softmax_cross_entropy(p: LossProblem) -> float:
+    """Writes p.row_loss (and p.grad when set); returns the reduced loss."""
     with np.errstate(all="ignore"):  # NaN / inf rows are part of the contract
-        x = p.x
+        x = p.logits
         if p.softcap > 0:
             th = np.tanh(x / x.dtype.type(p.softcap))
             xt = th * x.dtype.type(p.softcap)
@@ -93,8 +95,8 @@ def softmax_cross_entropy(p: LossProblem) -> tuple[np.ndarray, float]:
                 g *= 1 - th * th
             g[ignored] = 0
             p.grad[...] = g
-        reduced = float(np.float64(total) / denom) if p.reduction == "mean" else total
-        return row.astype(x.dtype), reduced
+        p.row_loss[...] = row
+        return float(np.float64(total) / denom) if p.reduction == "mean" else total
 
 
 def rowwise(op: str, x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,9 @@ class SparseTargets:
     """Multi-label targets as CSR rows: row i's classes are
     ``indices[indptr[i]:indptr[i+1]]`` with weights ``values`` (1.0 each when None).
 
+    Immutable: the arrays are checked once and held as read-only copies, so a call
+    can trust them (docs/spec.md#sparse-targets).
+
     The kernels never build the dense N x K target: they touch only the listed
     entries. A class listed twice in a row counts twice (its values are summed),
     as in scipy.sparse.
@@ -23,6 +26,9 @@ class SparseTargets:
     """
 
     __slots__ = ("indices", "indptr", "values")
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray | None
 
     def __init__(self, indptr: npt.ArrayLike, indices: npt.ArrayLike, values: npt.ArrayLike | None = None):
         ip = np.asarray(indptr)
@@ -31,8 +37,12 @@ class SparseTargets:
             raise ValueError(f"indptr: expected a 1-D integer array of length N + 1, got {_describe(ip)}")
         if ix.ndim != 1 or (ix.dtype.kind not in "iu" and ix.size > 0):
             raise ValueError(f"indices: expected a 1-D integer array, got {_describe(ix)}")
-        ip = np.ascontiguousarray(ip, dtype=np.int64)
-        ix = np.ascontiguousarray(ix, dtype=np.int64)
+        if ip.dtype.kind == "u" and ip.size and int(ip.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"indptr: values must fit in int64, got {int(ip.max())}")
+        if ix.dtype.kind == "u" and ix.size and int(ix.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"indices: values must fit in int64, got {int(ix.max())}")
+        ip = _frozen(ip, np.dtype(np.int64))
+        ix = _frozen(ix, np.dtype(np.int64))
         if ip[0] != 0 or ip[-1] != ix.shape[0]:
             raise ValueError(
                 f"indptr: must start at 0 and end at len(indices) = {ix.shape[0]}, got {ip[0]} .. {ip[-1]}"
@@ -46,9 +56,17 @@ class SparseTargets:
                 raise ValueError(
                     f"values: expected a 1-D real array of length len(indices) = {ix.shape[0]}, got {_describe(v)}"
                 )
-        self.indptr = ip
-        self.indices = ix
-        self.values = v
+            v = _frozen(v, v.dtype.newbyteorder("="))
+        # Checked once, here: the kernels trust these arrays, so nothing may change them.
+        object.__setattr__(self, "indptr", ip)
+        object.__setattr__(self, "indices", ix)
+        object.__setattr__(self, "values", v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"SparseTargets is immutable: build a new one instead of setting {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"SparseTargets is immutable: {name!r} cannot be deleted")
 
     @property
     def num_rows(self) -> int:
@@ -69,6 +87,12 @@ class SparseTargets:
 
     def __repr__(self) -> str:
         return f"SparseTargets(rows={self.num_rows}, nnz={self.indices.shape[0]})"
+
+
+def _frozen(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A read-only copy of a in dtype that cannot be made writable again: it views an
+    immutable bytes object (no writable alias of it exists anywhere)."""
+    return np.frombuffer(np.ascontiguousarray(a, dtype=dtype).tobytes(), dtype=dtype)
 
 
 def is_scipy_sparse(obj: Any) -> bool:
