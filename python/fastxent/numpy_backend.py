@@ -13,7 +13,7 @@ from ._validate import LossProblem
 
 
 def effective_targets(p: LossProblem) -> np.ndarray:
-    """q of the SPEC, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
+    """q of docs/spec.md#effective-targets, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
     n, k = p.x.shape
     dtype = p.x.dtype
     a = dtype.type(1 - p.label_smoothing)
