@@ -358,8 +358,8 @@ def test_softcap_caps_infinities_too(backend: str, k: int) -> None:
 def test_label_smoothing_over_a_masked_class(backend: str, kind: str) -> None:
     """Smoothing puts mass eps/K on every class, so a masked (-inf) class gives +inf,
     as in PyTorch. With weight 0 on that class its term is 0 * -inf: PyTorch returns
-    NaN, fastxent follows the SPEC (a zero-mass term adds nothing) and stays finite.
-    The gradients agree in both cases."""
+    NaN, fastxent follows docs/spec.md#conventions (a zero-mass term adds nothing)
+    and stays finite. The gradients agree in both cases."""
     x = np.array([[0.0, -np.inf, 1.0], [2.0, -np.inf, -1.0]])
     t = np.array([0, 2]) if kind == "index" else np.array([[1.0, 0, 0], [0, 0, 1.0]])
     for w, finite in ((None, False), (np.array([1.0, 0.0, 2.0]), True)):

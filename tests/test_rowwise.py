@@ -85,9 +85,10 @@ def test_identities_between_the_three(backend: str, rng: np.random.Generator) ->
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_special_values(backend: str, dtype: type) -> None:
-    """SPEC: -inf entries are masked (softmax 0, log_softmax -inf); a row with NaN, with
-    +inf, or all -inf has no softmax: NaN everywhere in that row, other rows unaffected.
-    (torch.logsumexp gives +inf / -inf for the last two; fastxent follows its SPEC.)"""
+    """docs/spec.md#conventions: -inf entries are masked (softmax 0, log_softmax -inf);
+    a row with NaN, with +inf, or all -inf has no softmax: NaN everywhere in that row,
+    other rows unaffected. (torch.logsumexp gives +inf / -inf for the last two;
+    fastxent follows its spec.)"""
     x = np.array(
         [
             [0.0, -INF, 1.0],
