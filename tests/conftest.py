@@ -1,9 +1,11 @@
-"""Shared fixtures: every test that takes `backend` runs against both backends, and
-`simd` runs the C++ backend once per SIMD variant this CPU supports."""
+"""Shared fixtures: every test that takes `backend` runs against both backends,
+`simd` runs the C++ backend once per SIMD variant this CPU supports, and `engine`
+runs the NumPy twin and the C++ backend once per SIMD variant."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -17,6 +19,16 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"fastxent: {fx.backend_info()}"
 
 
+@contextmanager
+def forced_simd(name: str) -> Iterator[None]:
+    """One SIMD variant of the C++ kernels inside the block, the best one after it."""
+    fx.set_simd(name)
+    try:
+        yield
+    finally:
+        fx.set_simd(None)
+
+
 @pytest.fixture(params=["cpp", "numpy"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -24,12 +36,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=SUPPORTED_SIMD)
 def simd(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Forces one SIMD variant of the C++ kernels for the test, then restores the best."""
-    fx.set_simd(request.param)
-    try:
+    """Forces one SIMD variant of the C++ kernels for the test."""
+    with forced_simd(request.param):
         yield str(request.param)
-    finally:
-        fx.set_simd(None)
+
+
+@pytest.fixture(params=["numpy"] + [f"cpp-{s}" for s in SUPPORTED_SIMD])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend name to pass: "numpy", or "cpp" with one SIMD variant forced."""
+    name = str(request.param)
+    if name == "numpy":
+        yield name
+        return
+    with forced_simd(name.removeprefix("cpp-")):
+        yield "cpp"
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """An independent float64 reference for fastxent's tests.
 
 Written from the definitions (PyTorch's meaning of weight / ignore_index /
-label_smoothing, SPEC.md's special values), row by row where that is clearer, and
-deliberately NOT in terms of the "effective target q" that the kernels and the NumPy
-twin use: the class-index path is built as PyTorch builds it (an NLL term plus a
-smoothing term), the dense path as -sum_j w_j y'_j log softmax(x)_j.
+label_smoothing, the special values of docs/spec.md#conventions), row by row where
+that is clearer, and deliberately NOT in terms of the "effective target q" that the
+kernels and the NumPy twin use: the class-index path is built as PyTorch builds it
+(an NLL term plus a smoothing term), the dense path as -sum_j w_j y'_j log softmax(x)_j.
 
 The gradient is the chain rule through log_softmax, dL/dx = G - softmax * sum(G)
 with G = dL/dlog_softmax, written out per row; tests check that one separately

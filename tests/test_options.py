@@ -123,27 +123,27 @@ def test_weight_ignore_index_smoothing_match_torch(
     np.testing.assert_array_equal(t, t0)
 
 
+# target kind -> (targets for 4 rows over 3 classes, each row's weight w_c, "mean" denominator)
+MEAN_DENOMINATORS = {
+    "index": (np.array([0, 2, -100, 2]), [1.0, 4.0, 0.0, 4.0], 9.0),  # weights of the non-ignored rows
+    "dense": (np.eye(3)[[0, 2, 1, 2]], [1.0, 4.0, 2.0, 4.0], 4.0),  # N, whatever the weights
+    "sparse": (fx.SparseTargets([0, 1, 2, 3, 4], [0, 2, 1, 2]), [1.0, 4.0, 2.0, 4.0], 4.0),  # N, as dense
+}
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_mean_denominators_are_torchs(backend: str, reduction: str) -> None:
+@pytest.mark.parametrize("kind", list(MEAN_DENOMINATORS))
+def test_mean_denominators_are_torchs(backend: str, kind: str, reduction: str) -> None:
     """The divisions spelled out on a tiny case: index targets divide by the weights of
-    the non-ignored rows' classes, dense targets by N, whatever the weights."""
+    the non-ignored rows' classes, dense (and sparse) targets by N, whatever the weights."""
     x = np.zeros((4, 3))  # uniform softmax: every row's NLL is log 3
     w = np.array([1.0, 2.0, 4.0])
-    idx = np.array([0, 2, -100, 2])
+    targets, row_weights, denominator = MEAN_DENOMINATORS[kind]
     loss, _ = fx.softmax_cross_entropy(
-        x, idx, weight=w, reduction=reduction, backend=backend
+        x, targets, weight=w, reduction=reduction, backend=backend
     )
-    per_row = np.log(3) * np.array([1.0, 4.0, 0.0, 4.0])
-    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 9.0}[
-        reduction
-    ]
-    np.testing.assert_allclose(loss, want, rtol=1e-14)
-    y = np.eye(3)[[0, 2, 1, 2]]
-    loss, _ = fx.softmax_cross_entropy(
-        x, y, weight=w, reduction=reduction, backend=backend
-    )
-    per_row = np.log(3) * np.array([1.0, 4.0, 2.0, 4.0])
-    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / 4.0}[
+    per_row = np.log(3) * np.array(row_weights)
+    want = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / denominator}[
         reduction
     ]
     np.testing.assert_allclose(loss, want, rtol=1e-14)
@@ -358,8 +358,8 @@ def test_softcap_caps_infinities_too(backend: str, k: int) -> None:
 def test_label_smoothing_over_a_masked_class(backend: str, kind: str) -> None:
     """Smoothing puts mass eps/K on every class, so a masked (-inf) class gives +inf,
     as in PyTorch. With weight 0 on that class its term is 0 * -inf: PyTorch returns
-    NaN, fastxent follows the SPEC (a zero-mass term adds nothing) and stays finite.
-    The gradients agree in both cases."""
+    NaN, fastxent follows docs/spec.md#conventions (a zero-mass term adds nothing)
+    and stays finite. The gradients agree in both cases."""
     x = np.array([[0.0, -np.inf, 1.0], [2.0, -np.inf, -1.0]])
     t = np.array([0, 2]) if kind == "index" else np.array([[1.0, 0, 0], [0, 0, 1.0]])
     for w, finite in ((None, False), (np.array([1.0, 0.0, 2.0]), True)):

@@ -89,7 +89,7 @@ def test_torch_tensors_give_the_same_results_as_arrays(
 def test_masked_class_with_prob_targets_is_finite_unlike_torch(backend: str) -> None:
     """Documented difference: with probability targets PyTorch computes y * log_softmax,
     so a masked class (-inf) with y = 0 makes its loss NaN (0 * -inf); fastxent gives
-    the finite loss (SPEC). Gradients agree."""
+    the finite loss (docs/spec.md#conventions). Gradients agree."""
     x = np.array([[0.0, -np.inf, 1.0]])
     y = np.array([[1.0, 0.0, 0.0]])
     want_loss, want_grad = ref.torch_cross_entropy(x, y)

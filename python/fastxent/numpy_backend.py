@@ -13,7 +13,7 @@ from ._problem import LossProblem
 
 
 def effective_targets(p: LossProblem) -> np.ndarray:
-    """The effective targets (docs/spec.md#options), densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
+    """q of docs/spec.md#effective-targets, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
     n, k = p.logits.shape
     dtype = p.logits.dtype
     a = dtype.type(1 - p.label_smoothing)
