@@ -65,6 +65,34 @@ def inplace_aliased_targets(b: str) -> Any:
     return f(a, a, inplace=True, backend=b)
 
 
+def out_in_converted_targets(b: str) -> Any:
+    y = np.full((1, K), 0.2)  # float64 targets, converted for float32 logits
+    return f(np.zeros((1, K), np.float32), y, out=y.view(np.float32)[:, :K], backend=b)
+
+
+def out_in_converted_weight(b: str) -> Any:
+    w = np.ones(N * K)  # float64 weight, converted for float32 logits
+    return f(x(), Y, weight=w[:K], out=w.view(np.float32)[: N * K].reshape(N, K), backend=b)
+
+
+def out_in_byteswapped_logits(b: str) -> Any:
+    a = x().astype(">f4")  # converted to native order for the kernels
+    return f(a, Y, out=a.view(np.float32), backend=b)
+
+
+def inplace_int16_targets_in_logits(b: str) -> Any:
+    a = x()
+    labels = a.view(np.int16)[0, :N]  # int16 labels in the logits' own memory
+    labels[:] = [0, 1, 2, 3]
+    return f(a, labels, inplace=True, backend=b)
+
+
+def sparse_reassigned(b: str) -> Any:
+    t = fx.SparseTargets([0, 1, 2, 3, 4], [1, 2, 3, 4])
+    t.indptr = np.array([0, 1, 10**6, 10**6, 4])  # would send the kernel far past indices
+    return f(x(), t, backend=b)
+
+
 Call = Callable[[str], Any]
 
 # id -> (call with backend b, exception type, regex the message must match)
@@ -201,6 +229,12 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
         ValueError,
         r"^inplace: logits shares memory with targets or weight",
     ),
+    "out-in-converted-targets": (out_in_converted_targets, ValueError, r"^out: shares memory with an input"),
+    "out-in-converted-weight": (out_in_converted_weight, ValueError, r"^out: shares memory with an input"),
+    "out-in-byteswapped-logits": (out_in_byteswapped_logits, ValueError, r"^out: shares memory with an input"),
+    "inplace-int16-targets-in-logits": (
+        inplace_int16_targets_in_logits, ValueError, r"^inplace: logits shares memory with targets or weight"
+    ),
     "inplace-without-grad": (
         lambda b: f(x(), Y, inplace=True, return_grad=False, backend=b), ValueError, r"^inplace: requires return_grad=True"
     ),
@@ -210,6 +244,12 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
     ),
     "reduction-bad": (
         lambda b: f(x(), Y, reduction="avg", backend=b), ValueError, r"^reduction: expected one of .*got 'avg'"
+    ),
+    "reduction-array": (
+        lambda b: f(x(), Y, reduction=np.array(["mean"]), backend=b), TypeError, r"^reduction: expected a str"
+    ),
+    "reduction-0d-array": (
+        lambda b: f(x(), Y, reduction=np.array("mean"), backend=b), TypeError, r"^reduction: expected a str"
     ),
     "backend-bad": (lambda b: f(x(), Y, backend="gpu"), ValueError, r"^backend: expected None, 'auto', 'cpp' or 'numpy', got 'gpu'"),
     "axis-out-of-range": (
@@ -232,6 +272,25 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
     "softcap-inf": (lambda b: f(x(), Y, softcap=float("inf"), backend=b), ValueError, r"^softcap: .*got inf"),
     "ignore-index-float": (
         lambda b: f(x(), Y, ignore_index=1.0, backend=b), TypeError, r"^ignore_index: expected an int"
+    ),
+    "ignore-index-bool": (lambda b: f(x(), Y, ignore_index=True, backend=b), TypeError, r"^ignore_index: expected an int"),
+    "ignore-index-beyond-int64": (
+        lambda b: f(x(), Y, ignore_index=2**64 - 1, backend=b), ValueError, r"^ignore_index: expected a value in the int64"
+    ),
+    "ignore-index-uint64": (
+        lambda b: f(x(), Y, ignore_index=np.uint64(2**63), backend=b), ValueError, r"^ignore_index: .*int64 range"
+    ),
+    "z-loss-huge-int": (lambda b: f(x(), Y, z_loss=10**400, backend=b), ValueError, r"^z_loss: expected a value in \[0.0,"),
+    "label-smoothing-huge-int": (
+        lambda b: f(x(), Y, label_smoothing=10**400, backend=b), ValueError, r"^label_smoothing: expected a value in"
+    ),
+    "softcap-huge-int": (lambda b: f(x(), Y, softcap=10**400, backend=b), ValueError, r"^softcap: expected a value in"),
+    "softcap-string": (lambda b: f(x(), Y, softcap="1", backend=b), TypeError, r"^softcap: expected a float"),
+    "softcap-beyond-dtype": (
+        lambda b: f(x(), Y, softcap=1e39, backend=b), ValueError, r"^softcap: 1e\+39 is not a positive finite float32"
+    ),
+    "softcap-below-dtype": (
+        lambda b: f(x(), Y, softcap=1e-46, backend=b), ValueError, r"^softcap: 1e-46 is not a positive finite float32"
     ),
     "ignore-index-dense": (
         lambda b: f(x(), np.zeros((N, K), np.float32), ignore_index=0, backend=b),
@@ -265,6 +324,7 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
     "sparse-float-indices": (
         lambda b: fx.SparseTargets([0, 1], [0.5]), ValueError, r"^indices: expected a 1-D integer array"
     ),
+    "sparse-reassigned": (sparse_reassigned, AttributeError, r"^SparseTargets is immutable"),
     "sparse-values-length": (
         lambda b: fx.SparseTargets([0, 1], [0], values=[1.0, 2.0]),
         ValueError,

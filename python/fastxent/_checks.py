@@ -180,7 +180,8 @@ def check_softcap(softcap: Any, dtype: np.dtype) -> float:
     if softcap is None:
         return 0.0
     v = check_float(softcap, "softcap", 0.0, _FLOAT64_MAX, lo_open=True)
-    in_dtype = float(dtype.type(v))
+    with np.errstate(over="ignore", under="ignore"):  # judged just below
+        in_dtype = float(dtype.type(v))
     if not 0.0 < in_dtype < np.inf:
         info = np.finfo(dtype)
         raise ValueError(
