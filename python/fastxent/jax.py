@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import api
+from ._checks import FLOAT_DTYPES, normalize_axis
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
@@ -52,13 +53,9 @@ def _loss_and_grad(logits: jax.Array, labels: jax.Array, axis: int) -> tuple[jax
 def _check(logits: Any, labels: Any, axis: int, integer: bool) -> tuple[jax.Array, jax.Array, int]:
     x = jnp.asarray(logits)
     y = jnp.asarray(labels)
-    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype not in (jnp.float32, jnp.float64):
+    if np.dtype(x.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"logits: expected float32 or float64, got dtype {x.dtype}")
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis: expected an int (a tuple of axes is not supported), got {axis!r}")
-    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis: {axis} is out of bounds for logits of shape {x.shape}")
-    axis %= x.ndim
+    axis = normalize_axis(axis, x.ndim)  # (a tuple of axes is not supported: TypeError)
     if integer:
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"labels: expected integer class indices, got dtype {y.dtype}")

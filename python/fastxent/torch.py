@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import api
+from ._checks import check_reduction
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
@@ -88,7 +89,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             _numpy(input),
             _numpy(target),
             axis=1 if input.dim() > 1 else 0,
-            reduction=reduction,  # type: ignore[arg-type]  # checked by _check_reduction
+            reduction=reduction,  # type: ignore[arg-type]  # checked by check_reduction
             weight=None if weight is None else _numpy(weight),
             # a negative ignore_index means nothing for probability targets (and a
             # non-negative one never gets here); fastxent rejects any but the default.
@@ -116,11 +117,6 @@ class _FusedCrossEntropy(torch.autograd.Function):
         if ctx.reduction == "none" and ctx.class_dim is not None:
             grad_loss = grad_loss.unsqueeze(ctx.class_dim)  # one upstream value per row, broadcast over classes
         return grad * grad_loss, None, None, None, None, None
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"reduction: expected 'none', 'sum' or 'mean', got {reduction!r}")
 
 
 def cross_entropy(
@@ -168,7 +164,7 @@ def cross_entropy(
         >>> bool(torch.allclose(loss, torch.nn.functional.cross_entropy(x, torch.tensor([1, 0, 9, 3]))))
         True
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if not _kernel_applies(input, target, weight, ignore_index):
         return F.cross_entropy(
             input, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
@@ -206,7 +202,7 @@ class CrossEntropyLoss(torch.nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
