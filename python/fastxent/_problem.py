@@ -276,12 +276,16 @@ def prepare_loss(
     inplace: Any,
 ) -> LossProblem:
     """Checks every argument of softmax_cross_entropy and builds the record."""
-    fast = _fast_problem(
-        logits, targets, axis, reduction, weight, ignore_index, label_smoothing, z_loss, softcap, return_grad,
-        out, inplace,
-    )
-    if fast is not None:
-        return fast
+    args = (logits, targets, axis, reduction, weight, ignore_index, label_smoothing, z_loss, softcap, return_grad, out,
+            inplace)
+    return _fast_problem(*args) or _general_problem(*args)
+
+
+def _general_problem(
+    logits: Any, targets: Any, axis: Any, reduction: Any, weight: Any, ignore_index: Any, label_smoothing: Any,
+    z_loss: Any, softcap: Any, return_grad: Any, out: Any, inplace: Any,
+) -> LossProblem:
+    """Every check, for any argument: what _fast_problem skips when it can."""
     return_grad = check_bool(return_grad, "return_grad")
     inplace = check_bool(inplace, "inplace")
     if inplace:
