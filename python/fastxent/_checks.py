@@ -81,8 +81,13 @@ def builtin_dtype(a: np.ndarray) -> np.ndarray:
     binding matches dtypes by identity, and an equal descriptor (one with metadata,
     made by newbyteorder, or C's long long where int64 is long) is a different
     object. Only for native-order dtypes."""
-    canon = np.dtype(f"{a.dtype.kind}{a.dtype.itemsize}")  # e.g. longlong ('q') -> int64
+    canon = _BUILTIN.get(a.dtype)  # equal dtypes hash alike: one lookup, no parsing
+    if canon is None:
+        canon = _BUILTIN.setdefault(a.dtype, np.dtype(f"{a.dtype.kind}{a.dtype.itemsize}"))  # longlong -> int64
     return a if a.dtype is canon else a.view(canon)
+
+
+_BUILTIN: dict[np.dtype, np.dtype] = {}
 
 
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
