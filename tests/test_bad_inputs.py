@@ -324,6 +324,11 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
     "sparse-float-indices": (
         lambda b: fx.SparseTargets([0, 1], [0.5]), ValueError, r"^indices: expected a 1-D integer array"
     ),
+    "set-num-threads-zero": (lambda b: fx.set_num_threads(0), ValueError, r"^n: expected a thread count in \[1, 1024\]"),
+    "set-num-threads-huge": (lambda b: fx.set_num_threads(2**31), ValueError, r"^n: expected a thread count in"),
+    "set-num-threads-bool": (lambda b: fx.set_num_threads(True), TypeError, r"^n: expected an int"),
+    "set-simd-not-str": (lambda b: fx.set_simd(1), TypeError, r"^name: expected a SIMD variant's name"),
+    "set-simd-unknown": (lambda b: fx.set_simd("avx9"), ValueError, r"^name: SIMD variant 'avx9' is not supported here"),
     "sparse-reassigned": (sparse_reassigned, AttributeError, r"^SparseTargets is immutable"),
     "sparse-values-length": (
         lambda b: fx.SparseTargets([0, 1], [0], values=[1.0, 2.0]),

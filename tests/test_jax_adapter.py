@@ -162,3 +162,11 @@ def test_bad_arguments() -> None:
         softmax_cross_entropy(x, jnp.zeros((3, K)), axis=(0, 1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="axis"):
         softmax_cross_entropy(x, jnp.zeros((3, K)), axis=2)
+    # Concrete labels out of range and an empty class axis are caught before the
+    # kernel runs (from inside the callback they would reach the caller as XLA errors).
+    with pytest.raises(IndexError, match="^labels: class index 99 is out of range for 11 classes"):
+        softmax_cross_entropy_with_integer_labels(x, jnp.array([0, 99, 1]))
+    with pytest.raises(IndexError, match="^labels: class index -1 is out of range"):
+        softmax_cross_entropy_with_integer_labels(x, jnp.array([0, -1, 1]))
+    with pytest.raises(ValueError, match=r"^logits: the class axis \(0\) has length 0"):
+        softmax_cross_entropy(jnp.zeros((0, 4)), jnp.zeros((0, 4)), 0)

@@ -7,7 +7,10 @@ import warnings
 from types import ModuleType
 from typing import Any
 
+from ._checks import check_int, describe
 from ._version import __version__
+
+MAX_THREADS = 1024  # a bound on the pool, not a recommendation: more threads than cores only wait
 
 _core: ModuleType | None
 _import_error: str | None
@@ -59,7 +62,8 @@ def backend_info() -> dict[str, Any]:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Sets how many threads the C++ kernels use (None: FASTXENT_NUM_THREADS, else all cores).
+    """Sets how many threads the C++ kernels use, 1 to MAX_THREADS (None:
+    FASTXENT_NUM_THREADS, else all cores).
 
     Results are bitwise identical for every thread count.
 
@@ -67,8 +71,10 @@ def set_num_threads(n: int | None) -> None:
         >>> import fastxent as fx
         >>> fx.set_num_threads(1); fx.set_num_threads(None)
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    if n is not None:
+        n = check_int(n, "n")
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"n: expected a thread count in [1, {MAX_THREADS}] or None, got {n}")
     if _core is not None:
         _core.set_num_threads(0 if n is None else n)
 
@@ -79,7 +85,12 @@ def set_simd(name: str | None) -> None:
     The environment variable FASTXENT_SIMD does the same at import time.
     """
     core = require_core()
-    core.set_simd(name if name is not None else core.info()["best_simd"])
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name: expected a SIMD variant's name (a str) or None, got {describe(name)}")
+    info = core.info()
+    if name is not None and name not in info["supported_simd"]:
+        raise ValueError(f"name: SIMD variant {name!r} is not supported here (supported: {info['supported_simd']})")
+    core.set_simd(name if name is not None else info["best_simd"])
 
 
 def _apply_environment() -> None:

@@ -56,12 +56,23 @@ def _check(logits: Any, labels: Any, axis: int, integer: bool) -> tuple[jax.Arra
     if np.dtype(x.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"logits: expected float32 or float64, got dtype {x.dtype}")
     axis = normalize_axis(axis, x.ndim)  # (a tuple of axes is not supported: TypeError)
+    if x.shape[axis] == 0:
+        raise ValueError(f"logits: the class axis ({axis}) has length 0; at least one class is needed")
     if integer:
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"labels: expected integer class indices, got dtype {y.dtype}")
         want = x.shape[:axis] + x.shape[axis + 1 :]
         if y.shape != want:
             raise ValueError(f"labels: expected shape {want} (logits' shape without axis {axis}), got {y.shape}")
+        if not isinstance(labels, jax.core.Tracer) and y.size:
+            # Concrete labels are checked here (in NumPy: jnp would stage the check
+            # into a surrounding jit); traced ones only the kernel sees, and an error
+            # raised there reaches the caller wrapped by XLA.
+            concrete = np.asarray(labels)
+            lo, hi = int(concrete.min()), int(concrete.max())
+            if lo < 0 or hi >= x.shape[axis]:
+                bad = lo if lo < 0 else hi
+                raise IndexError(f"labels: class index {bad} is out of range for {x.shape[axis]} classes")
     else:
         if y.shape != x.shape:
             raise ValueError(f"labels: expected the logits' shape {x.shape}, got {y.shape}")
