@@ -110,6 +110,16 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "float16"])
     assert bench.main(["--only", "no-such-case"]) == 2
+    with pytest.raises(SystemExit):
+        bench.main(["adapters", "--sizes", "12by5"])
+    assert bench.main(["adapters", "--repeats", "0"]) == 2
+
+
+def test_adapters_mode_without_torch_says_so() -> None:
+    code = "import sys; sys.modules['torch'] = None; from fastxent.bench import main; raise SystemExit(main(['adapters']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("adapters: needs torch, jax, fastxent.torch, fastxent.jax; torch unavailable:")
 
 
 def test_plain_numpy_references_match_fastxent() -> None:
@@ -143,7 +153,8 @@ def test_adapters_mode_times_every_call() -> None:
 
 def test_importing_the_bench_imports_no_framework() -> None:
     """The frameworks are extras: the bench imports them when a case needs them."""
-    code = ("import sys, fastxent.bench, fastxent.bench.cli; "
+    code = ("import sys, fastxent, fastxent.bench.cases, fastxent.bench.measure, fastxent.bench.report, "
+            "fastxent.bench.cli; "
             "print(sorted(m for m in ('torch', 'jax', 'optax', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "[]"
