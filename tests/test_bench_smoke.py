@@ -1,4 +1,5 @@
-"""`python -m fastxent bench --quick` runs end to end and writes what it promises.
+"""`python -m fastxent bench --quick` and `python -m fastxent bench adapters` run end
+to end and write what they promise.
 
 No timing is asserted (CI machines are noisy); what is asserted is the shape of the
 results and that every contender of a case computed the same loss, which is what
@@ -18,21 +19,26 @@ import pytest
 
 import fastxent as fx
 from fastxent import bench
+from fastxent.bench import cases, measure, report
 
 MAIN_CONTENDERS = ["fastxent", "fastxent_alloc", "floor", "numpy", "torch", "jax"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastxent", "bench", "--quick", "--threads", "1,2", "--out", str(out)],
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m fastxent bench ARGS` in a process of its own, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastxent", "bench", *args],
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
-    return proc, out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    return run_bench("--quick", "--threads", "1,2", "--out", str(out)), out
 
 
 def test_exits_zero_with_progress_and_table(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
@@ -48,7 +54,7 @@ def test_csv_has_every_case_and_contender(quick_run: tuple[subprocess.CompletedP
     _, out = quick_run
     with (out / "bench.csv").open() as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == bench.CSV_COLUMNS
+        assert reader.fieldnames == report.CSV_COLUMNS
         rows = list(reader)
     cases = {r["case"] for r in rows}
     expected_main = {f"64x1000/{dt}/{tg}/t{t}" for dt in ("float32", "float64") for tg in ("dense", "int")
@@ -76,11 +82,11 @@ def test_losses_agree_and_memory_is_one_gradient(quick_run: tuple[subprocess.Com
     doc = json.loads((out / "bench.json").read_text())
     assert doc["meta"]["fastxent"]["backend"] == "cpp"
     rows = doc["results"]
-    assert bench.loss_mismatches(rows) == []
+    assert measure.loss_mismatches(rows) == []
     checked = 0
     for r in rows:
         if r["loss_rel_diff"] is not None:
-            assert r["loss_rel_diff"] <= bench.LOSS_RTOL[r["dtype"]], r
+            assert r["loss_rel_diff"] <= measure.LOSS_RTOL[r["dtype"]], r
             checked += 1
         if r["mem_method"] == "tracemalloc" and r["contender"] == "fastxent_alloc":
             # tracemalloc sees NumPy's allocations: the gradient (one N x K array) plus
@@ -104,6 +110,16 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "float16"])
     assert bench.main(["--only", "no-such-case"]) == 2
+    with pytest.raises(SystemExit):
+        bench.main(["adapters", "--sizes", "12by5"])
+    assert bench.main(["adapters", "--repeats", "0"]) == 2
+
+
+def test_adapters_mode_without_torch_says_so() -> None:
+    code = "import sys; sys.modules['torch'] = None; from fastxent.bench import main; raise SystemExit(main(['adapters']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("adapters: needs torch, jax, fastxent.torch, fastxent.jax; torch unavailable:")
 
 
 def test_plain_numpy_references_match_fastxent() -> None:
@@ -112,8 +128,33 @@ def test_plain_numpy_references_match_fastxent() -> None:
     x = rng.standard_normal((7, 13))
     y = (rng.random((7, 13)) < 0.3).astype(np.float64)
     t = rng.integers(0, 13, size=7)
-    for (loss, grad), targets in ((bench.plain_numpy_dense(x, y), y), (bench.plain_numpy_index(x, t), t)):
+    for (loss, grad), targets in ((cases.plain_numpy_dense(x, y), y), (cases.plain_numpy_index(x, t), t)):
         fl, fg = fx.softmax_cross_entropy(x, targets)
         # float64 throughout: agreement to a few ulps of the values involved
         np.testing.assert_allclose(loss, fl, rtol=1e-12)
         np.testing.assert_allclose(grad, fg, rtol=1e-10, atol=1e-14)
+
+
+def test_adapters_mode_times_every_call() -> None:
+    proc = run_bench("adapters", "--sizes", "64x1000,32x500", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("fastxent {")  # the versions line: fastxent's backend_info, torch, jax
+    assert ", torch " in lines[0]
+    assert ", jax " in lines[0]
+    for size in ("64x1000", "32x500"):
+        block = lines[lines.index(f"{size} float32 (median of 2, ms)") + 1 :][:5]
+        names = [line[:28].strip() for line in block]
+        assert names == ["raw kernel", "fastxent.torch fwd+bwd", "same, loss*3.7", "torch native fwd+bwd",
+                         "fastxent.jax jit(v&g)"]
+        assert "(1.00x raw, +0.000 ms)" in block[0]
+        assert all(float(line[28:37]) > 0 for line in block)
+
+
+def test_importing_the_bench_imports_no_framework() -> None:
+    """The frameworks are extras: the bench imports them when a case needs them."""
+    code = ("import sys, fastxent, fastxent.bench.cases, fastxent.bench.measure, fastxent.bench.report, "
+            "fastxent.bench.cli; "
+            "print(sorted(m for m in ('torch', 'jax', 'optax', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -1,6 +1,7 @@
 """`python -m fastxent`: a short demo on a multi-label batch (checks the C++ result
 against the NumPy backend and times it against plain NumPy, and PyTorch / JAX when
-installed). `python -m fastxent bench` runs the full benchmark suite."""
+installed). `python -m fastxent bench` runs the full benchmark suite, `python -m
+fastxent bench adapters` what the torch / jax adapters cost over the raw kernel."""
 
 from __future__ import annotations
 
