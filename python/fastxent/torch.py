@@ -16,7 +16,9 @@ the class dimension is contiguous, e.g. (N, C) row-major or channels-last) and
 returns the loss and the gradient ``softmax * sum(y) - y`` of that loss; autograd
 keeps only that gradient, and the backward pass scales it by the incoming gradient.
 Probability targets that require grad get ``-log_softmax(input)`` times the
-weights and the reduction's scale (``torch.ops.fastxent.log_softmax``).
+weights and the reduction's scale (``torch.ops.fastxent.log_softmax``). Eager
+calls run the same implementation and formula without the dispatcher (an
+autograd.Function); traced calls (torch.compile, export) go through the operator.
 
 Anything the kernel does not cover goes to ``torch.nn.functional.cross_entropy``:
 tensors on another device or with another layout, dtypes other than
