@@ -157,6 +157,13 @@ def test_eager_path_and_operator_agree_bitwise() -> None:
     assert not grad.requires_grad
     with pytest.raises(RuntimeError, match="compute_grad=False"):
         OP(x.clone().requires_grad_(), t, None, -100, "mean", 0.0, False)[0].backward()
+    # the operator's arguments are checked by fastxent itself
+    with pytest.raises(ValueError, match="^ignore_index"):
+        OP(x, torch.softmax(x, 1), None, 1, "mean", 0.0, False)
+    with pytest.raises(ValueError, match="^reduction"):
+        OP(x, t, None, -100, "avg", 0.0, False)
+    with pytest.raises(IndexError):
+        OP(x, torch.full_like(t, K), None, -100, "mean", 0.0, False)
 
 
 # ---- torch.library.opcheck ------------------------------------------------------------

@@ -109,16 +109,13 @@ def _loss_and_grad(
 ) -> tuple[Tensor, Tensor]:
     """(loss, d loss / d input) as F.cross_entropy defines them; the gradient is an
     empty (0,) tensor when ``compute_grad`` is False (the loss alone reads input once)."""
-    index_targets = target.dtype == torch.int64
     loss, grad = api.softmax_cross_entropy(
         _numpy(input),
         _numpy(target),
         axis=_class_dim(input),
         reduction=reduction,  # type: ignore[arg-type]  # fastxent checks it
         weight=None if weight is None else _numpy(weight),
-        # a negative ignore_index means nothing for probability targets (PyTorch
-        # refuses a non-negative one, and so does fastxent); fastxent takes the default.
-        ignore_index=ignore_index if index_targets else -100,
+        ignore_index=ignore_index,  # (with probabilities: negative and unused, or refused, as in PyTorch)
         label_smoothing=label_smoothing,
         return_grad=compute_grad,
     )
