@@ -1,5 +1,7 @@
-// exp and tanh written once over any vector type V of kernel.hpp's interface.
-// Included inside an ISA namespace (see kernel.hpp), so each ISA gets its own copy.
+// Fragment: vector exp and tanh, written once over any vector type V (the
+// interface of vec_<isa>.hpp).
+// Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl), so
+// each ISA gets its own copy. Needs in scope: the Vec operations of vec_<isa>.hpp.
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a minimax polynomial
 // (Cephes) for e^r, and 2^n applied in two steps so that results in the subnormal
