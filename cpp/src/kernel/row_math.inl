@@ -252,11 +252,12 @@ struct RowKernel {
     const DenseQ dq = dense_q(i);
     store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
       constexpr bool kFull = decltype(full)::value;
-      V gv = load_n<kFull>(e + j, n, T(0)) * coef;
-      if constexpr (kSmooth) gv = gv - dq.template at<kFull>(j, n) * scale;
+      V gv;
+      if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
+      else gv = load_n<kFull>(e + j, n, T(0)) * coef;
       if constexpr (kSoftcap) {
         V th = vtanh(load_n<kFull>(x + j, n, T(0)) * inv_cap);
-        gv = gv * (V::set1(T(1)) - th * th);
+        gv = gv * fnmadd(th, th, V::set1(T(1)));
       }
       return gv;
     }, stream);

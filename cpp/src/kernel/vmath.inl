@@ -38,9 +38,10 @@ inline V vexp(V x) {
   // min/max return their second operand for NaN, so NaN survives the clamp.
   x = min(V::set1(C::hi), x);
   x = max(V::set1(C::lo), x);
-  // Round to nearest without an instruction the baseline lacks.
+  // Round to nearest without an instruction the baseline lacks (fused where the
+  // ISA has FMA: the units are built with -ffp-contract=off, see cpp/CMakeLists.txt).
   V magic = V::set1(C::round_magic);
-  V n = (x * V::set1(C::log2e) + magic) - magic;
+  V n = fmadd(x, V::set1(C::log2e), magic) - magic;
   V r = fmadd(n, V::set1(-C::ln2_hi), x);
   r = fmadd(n, V::set1(-C::ln2_lo), r);
   V p = exp_poly(r);
@@ -89,7 +90,7 @@ inline V vexp_nonpos(V x) {
   const V lo = V::set1(T(sizeof(T) == 4 ? -87.3 : -708.3));  // exp(lo) ~ smallest normal
   V xc = max(lo, x);  // NaN survives: max returns its second operand
   V magic = V::set1(C::round_magic);
-  V n = (xc * V::set1(C::log2e) + magic) - magic;
+  V n = fmadd(xc, V::set1(C::log2e), magic) - magic;
   V r = fmadd(n, V::set1(-C::ln2_hi), xc);
   r = fmadd(n, V::set1(-C::ln2_lo), r);
   return select(x < lo, V::set1(T(0)), exp_poly(r) * pow2i(n));
