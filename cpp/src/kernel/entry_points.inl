@@ -22,7 +22,7 @@ void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) 
 template <class T>
 double run_loss(const Problem<T>& p) {
   Params<T> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
-               T(p.softcap), p.softcap > 0 ? T(1 / p.softcap) : T(0), 1.0};
+               T(p.softcap), 1.0};
 
   // The mean's denominator, known before any gradient is written.
   double denom = double(p.rows);
@@ -78,7 +78,7 @@ void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs
   p.classes = classes;
   p.logits = x;
   p.logits_row_stride = xs;
-  Params<T> pr{&p, T(1), T(0), T(0), T(0), 1.0};
+  Params<T> pr{&p, T(1), T(0), T(0), 1.0};
   RowKernel<T, false, false, false, false> kern{pr};
   NoEntries<T> none;
   const int64_t nb = num_blocks(classes);
@@ -88,7 +88,7 @@ void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs
     stats.resize(size_t(nb));
     for (int64_t i = r0; i < r1; ++i) {
       for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, nullptr);
-      RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: loss = 0, coef = 1/S
+      RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: only M and log S matter
       if (op == RowOp::logsumexp) {
         out[i * os] = T(r.lse);
         continue;
@@ -96,9 +96,8 @@ void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs
       const T* xi = x + i * xs;
       T* oi = out + i * os;
       const V shift = V::set1(T(r.shift));
-      const double log_s_d = r.lse - r.shift;  // NaN for a row with no softmax
-      const V inv_s = V::set1(T(std::exp(-log_s_d)));
-      const V log_s = V::set1(T(log_s_d));
+      const V inv_s = V::set1(T(std::exp(-r.log_s)));  // NaN for a row with no softmax
+      const V log_s = V::set1(T(r.log_s));
       for (int64_t j = 0; j < classes; j += L) {
         const int64_t n = std::min<int64_t>(L, classes - j);
         V t = (n == L ? V::load(xi + j) : V::load_partial(xi + j, n, T(0))) - shift;

@@ -33,7 +33,8 @@ struct RowResult {
   double loss;
   double shift;  // M: the row max (0 when the row is NaN)
   double coef;   // (sum q + 2 z lse) / S, NaN for a row with no softmax
-  double lse;
+  double lse;    // M + log S
+  double log_s;  // log S itself: lse - M would round at the scale of M
   bool ignored;
 };
 
@@ -42,20 +43,24 @@ template <class T>
 struct Params {
   const Problem<T>* p;
   T a, b;          // q = w (a y + b): a = 1 - label_smoothing, b = label_smoothing / K
-  T softcap, inv_softcap;
+  T softcap;       // 0 = off
   double scale;    // d(reduced loss) / d(row loss)
 };
 
-// Logits after the optional soft cap, and d x~ / d x.
+// Logits after the optional soft cap. A division, not x * (1 / cap): for a
+// subnormal cap 1 / cap overflows and 0 * inf would be NaN, while x / cap only
+// overflows where tanh saturates to +-1 anyway.
 template <bool kSoftcap, class V>
-inline V capped(V x, V cap, V inv_cap) {
-  if constexpr (kSoftcap) return cap * vtanh(x * inv_cap);
+inline V capped(V x, V cap) {
+  if constexpr (kSoftcap) return cap * vtanh(x / cap);
   else return x;
 }
 
-template <class T>
-inline double scalar_capped(T x, const Params<T>& pr, bool softcap) {
-  return softcap ? double(pr.softcap) * std::tanh(double(x) * double(pr.inv_softcap)) : double(x);
+// d x~ / d x = 1 - tanh^2(x / cap).
+template <class V>
+inline V cap_slope(V x, V cap) {
+  const V th = vtanh(x / cap);
+  return fnmadd(th, th, V::set1(typename V::value_type(1)));
 }
 
 // kDense: targets are a dense row y. kSmooth: the dense part of q is nonzero
@@ -104,22 +109,31 @@ struct RowKernel {
     return V::load(ramp) < V::set1(T(n));
   }
 
+  // One logit's x~, computed exactly as the vector passes compute it: the row's
+  // max entry must give x~ - M == 0 exactly, whatever tanh's rounding (a scalar
+  // tanh, or the same one in double, can differ in the last bit, which at the
+  // scale of a huge cap is a huge loss).
+  T capped_one(T x) const {
+    if constexpr (kSoftcap) return reduce_max(capped<true>(V::set1(x), V::set1(pr.softcap)));
+    else return x;
+  }
+
   // Stats of one block. When `e` is given (a gradient is wanted) it receives
   // exp(x~_j - ref) for the block's columns, so the gradient pass needs no exp.
   BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
     const T* x = x_row(i);
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
-    const V cap = V::set1(pr.softcap), inv_cap = V::set1(pr.inv_softcap);
+    const V cap = V::set1(pr.softcap);
     const T ninf = -std::numeric_limits<T>::infinity();
 
     // Two accumulators: the loop is bound by max's latency, not by loads.
     V vmax0 = V::set1(ninf), vmax1 = vmax0;
     int64_t j = j0;
     for (; j + 2 * L <= j1; j += 2 * L) {
-      vmax0 = max(capped<kSoftcap>(V::load(x + j), cap, inv_cap), vmax0);
-      vmax1 = max(capped<kSoftcap>(V::load(x + j + L), cap, inv_cap), vmax1);
+      vmax0 = max(capped<kSoftcap>(V::load(x + j), cap), vmax0);
+      vmax1 = max(capped<kSoftcap>(V::load(x + j + L), cap), vmax1);
     }
-    for (; j < j1; j += L) vmax0 = max(capped<kSoftcap>(V::load_partial(x + j, std::min<int64_t>(L, j1 - j), ninf), cap, inv_cap), vmax0);
+    for (; j < j1; j += L) vmax0 = max(capped<kSoftcap>(V::load_partial(x + j, std::min<int64_t>(L, j1 - j), ninf), cap), vmax0);
     BlockStats st{};
     st.max = double(reduce_max(max(vmax0, vmax1)));
 
@@ -131,7 +145,7 @@ struct RowKernel {
     V s = zero, qs = zero, ds = zero;
     auto step = [&](int64_t j, int64_t n, auto full, auto keep) {
       constexpr bool kFull = decltype(full)::value;
-      V t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap, inv_cap) - ref;
+      V t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap) - ref;
       V ev = vexp_nonpos(t);
       // Padding lanes load -inf, which the soft cap turns into -softcap: drop them.
       if constexpr (kSoftcap && !kFull) ev = select(mask_first(n), ev, zero);
@@ -193,18 +207,20 @@ struct RowKernel {
     entries.for_each(i, [&](int64_t j, double qj) {
       if (qj == 0) return;
       q += qj;
-      d += qj * (scalar_capped(x_row(i)[j], pr, kSoftcap) - m);
+      d += qj * (double(capped_one(x_row(i)[j])) - m);
     });
     if (nan || m == -kInf || !(s > 0)) {  // no softmax for this row
       r.loss = kNaN;
       r.coef = kNaN;
       r.shift = 0;
       r.lse = kNaN;
+      r.log_s = kNaN;
       return r;
     }
     const double log_s = std::log(s);
     const double z = pr.p->z_loss;
     r.shift = m;
+    r.log_s = log_s;
     r.lse = m + log_s;
     r.loss = q * log_s - d + z * r.lse * r.lse;
     r.coef = (q + 2 * z * r.lse) / s;
@@ -247,7 +263,7 @@ struct RowKernel {
     else if (st.max != -kInf) c = r.coef * pr.scale * std::exp(st.ref - r.shift);
     const V coef = V::set1(T(c));
     const V scale = V::set1(T(pr.scale));
-    const V inv_cap = V::set1(pr.inv_softcap);
+    const V cap = V::set1(pr.softcap);
     const T* x = x_row(i);
     const DenseQ dq = dense_q(i);
     store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
@@ -255,10 +271,7 @@ struct RowKernel {
       V gv;
       if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
       else gv = load_n<kFull>(e + j, n, T(0)) * coef;
-      if constexpr (kSoftcap) {
-        V th = vtanh(load_n<kFull>(x + j, n, T(0)) * inv_cap);
-        gv = gv * fnmadd(th, th, V::set1(T(1)));
-      }
+      if constexpr (kSoftcap) gv = gv * cap_slope(load_n<kFull>(x + j, n, T(0)), cap);
       return gv;
     }, stream);
   }
@@ -279,10 +292,9 @@ struct RowKernel {
     if (r.ignored) return;
     entries.for_each(i, [&](int64_t j, double qj) {
       double c = -pr.scale * qj;
-      if constexpr (kSoftcap) {
-        double th = std::tanh(double(x_row(i)[j]) * double(pr.inv_softcap));
-        c *= 1 - th * th;
-      }
+      // The same slope as the vector pass's, so that at a class where softmax
+      // is exactly q the two parts cancel exactly.
+      if constexpr (kSoftcap) c *= double(reduce_max(cap_slope(V::set1(x_row(i)[j]), V::set1(pr.softcap))));
       out.push_back(T(c));
     });
   }
