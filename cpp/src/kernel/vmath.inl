@@ -97,7 +97,8 @@ inline V vexp_nonpos(V x) {
 }
 
 // tanh: an odd rational/polynomial (Cephes) for |x| < 0.625, where 1 - 2/(e^2x + 1)
-// would cancel; that formula elsewhere (it saturates cleanly to +-1 for large |x|).
+// would cancel; that formula elsewhere. It saturates to exactly +-1 for huge |x|
+// and +-inf (e^2x overflows to inf, 2 / inf = 0), which a subnormal soft cap needs.
 template <class V, class T = typename V::value_type>
 inline V vtanh(V x) {
   V ax = abs(x);
