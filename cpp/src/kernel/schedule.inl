@@ -29,8 +29,11 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
       thread_local std::vector<T> exps;  // one row of exp(x~ - ref): K values, no N x K temporary
       thread_local std::vector<T> corr;
       stats.resize(size_t(nb));
-      if (want_grad) exps.resize(size_t(k));
-      T* e = want_grad ? exps.data() : nullptr;
+      // A soft-capped loss gets the scratch row even without a gradient: block_stats
+      // then computes each logit's tanh once, not twice (see kParkCapped).
+      const bool scratch = want_grad || K::kCapped;
+      if (scratch) exps.resize(size_t(k));
+      T* e = scratch ? exps.data() : nullptr;
       for (int64_t i = r0; i < r1; ++i) {
         const bool skip = entries.ignored(i);
         if (!skip)
