@@ -119,42 +119,41 @@ struct RowKernel {
     else return x;
   }
 
-  // Stats of one block. When `e` is given (a gradient is wanted) it receives
-  // exp(x~_j - ref) for the block's columns, so the gradient pass needs no exp.
-  BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
-    if (e) return block_stats<true>(i, blk, e);
-    return block_stats<false>(i, blk, nullptr);
-  }
-
-  template <bool kKeep>
+  // Stats of one block. When `e` is given (a scratch row: a gradient is wanted, or
+  // a soft cap) it receives exp(x~_j - ref) for the block's columns, so the
+  // gradient pass needs no exp.
   BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
     const T* x = x_row(i);
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
     const V cap = V::set1(pr.softcap);
     const T ninf = -std::numeric_limits<T>::infinity();
+
     // Under a soft cap with a scratch row, the max pass parks x~ in it and the
     // sums pass reads it back (then overwrites it with exp): one tanh per logit
     // instead of two, and the very same x~ values in both passes.
-    constexpr bool kParkCapped = kSoftcap && kKeep;
-
-    // Two accumulators: the loop is bound by max's latency, not by loads.
     V vmax0 = V::set1(ninf), vmax1 = vmax0;
-    int64_t j = j0;
-    for (; j + 2 * L <= j1; j += 2 * L) {
-      const V c0 = capped<kSoftcap>(V::load(x + j), cap), c1 = capped<kSoftcap>(V::load(x + j + L), cap);
-      if constexpr (kParkCapped) {
-        c0.store(e + j);
-        c1.store(e + j + L);
+    auto max_pass = [&](auto park) {
+      constexpr bool kPark = decltype(park)::value;
+      // Two accumulators: the loop is bound by max's latency, not by loads.
+      int64_t j = j0;
+      for (; j + 2 * L <= j1; j += 2 * L) {
+        const V c0 = capped<kSoftcap>(V::load(x + j), cap), c1 = capped<kSoftcap>(V::load(x + j + L), cap);
+        if constexpr (kPark) {
+          c0.store(e + j);
+          c1.store(e + j + L);
+        }
+        vmax0 = max(c0, vmax0);
+        vmax1 = max(c1, vmax1);
       }
-      vmax0 = max(c0, vmax0);
-      vmax1 = max(c1, vmax1);
-    }
-    for (; j < j1; j += L) {
-      const int64_t n = std::min<int64_t>(L, j1 - j);
-      const V c = capped<kSoftcap>(V::load_partial(x + j, n, ninf), cap);
-      if constexpr (kParkCapped) c.store_partial(e + j, n);
-      vmax0 = max(c, vmax0);
-    }
+      for (; j < j1; j += L) {
+        const int64_t n = std::min<int64_t>(L, j1 - j);
+        const V c = capped<kSoftcap>(V::load_partial(x + j, n, ninf), cap);
+        if constexpr (kPark) c.store_partial(e + j, n);
+        vmax0 = max(c, vmax0);
+      }
+    };
+    if (kSoftcap && e) max_pass(std::true_type{});
+    else max_pass(std::false_type{});
     BlockStats st{};
     st.max = double(reduce_max(max(vmax0, vmax1)));
 
@@ -164,14 +163,16 @@ struct RowKernel {
     const V zero = V::set1(T(0));
     const DenseQ dq = dense_q(i);
     V s = zero, qs = zero, ds = zero;
-    auto step = [&](int64_t j, int64_t n, auto full) {
+    auto step = [&](int64_t j, int64_t n, auto full, auto keep) {
       constexpr bool kFull = decltype(full)::value;
+      constexpr bool kKeep = decltype(keep)::value;
+      constexpr bool kParked = kSoftcap && kKeep;  // x~ waits in e (see max_pass)
       V t;
-      if constexpr (kParkCapped) t = load_n<kFull>(e + j, n, ninf) - ref;  // padding: -inf, exp 0
+      if constexpr (kParked) t = load_n<kFull>(e + j, n, ninf) - ref;  // padding: -inf, exp 0
       else t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap) - ref;
       V ev = vexp_nonpos(t);
       // Padding lanes load -inf, which the soft cap turns into -softcap: drop them.
-      if constexpr (kSoftcap && !kParkCapped && !kFull) ev = select(mask_first(n), ev, zero);
+      if constexpr (kSoftcap && !kParked && !kFull) ev = select(mask_first(n), ev, zero);
       s = s + ev;
       if constexpr (kKeep) {
         if constexpr (kFull) ev.store(e + j);
@@ -183,15 +184,19 @@ struct RowKernel {
         ds = ds + select(q != zero, q * t, zero);  // a q == 0 term adds nothing, even at -inf
       }
     };
-    j = j0;
-    for (; j + L <= j1; j += L) step(j, L, std::true_type{});
-    if (j < j1) step(j, j1 - j, std::false_type{});
+    auto sweep = [&](auto keep) {
+      int64_t j = j0;
+      for (; j + L <= j1; j += L) step(j, L, std::true_type{}, keep);
+      if (j < j1) step(j, j1 - j, std::false_type{}, keep);
+    };
+    if (e) sweep(std::true_type{});
+    else sweep(std::false_type{});
     // +inf in the block: no softmax. All -inf: no contribution, unless a NaN hides
     // there (max() skips NaN, so look).
     st.s = finite_max ? double(reduce_add(s)) : kNaN;
     if (st.max == -kInf) {
       bool has_nan = false;
-      for (j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
+      for (int64_t j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
       st.s = has_nan ? kNaN : 0.0;
     }
     if constexpr (kSmooth) {

@@ -30,7 +30,7 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
       thread_local std::vector<T> corr;
       stats.resize(size_t(nb));
       // A soft-capped loss gets the scratch row even without a gradient: block_stats
-      // then computes each logit's tanh once, not twice (see kParkCapped).
+      // then computes each logit's tanh once, not twice (see max_pass in row_math.inl).
       const bool scratch = want_grad || K::kCapped;
       if (scratch) exps.resize(size_t(k));
       T* e = scratch ? exps.data() : nullptr;
