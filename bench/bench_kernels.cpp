@@ -235,7 +235,7 @@ void register_size(const char* dtype, Size s, const std::vector<int>& threads) {
           [=](benchmark::State& st) { bm_floor<T>(st, read_y, s, t); })
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
-    for (fx::Isa isa : {fx::Isa::generic, fx::Isa::avx2, fx::Isa::avx512}) {
+    for (fx::Isa isa : fx::all_isas()) {
       if (!fx::isa_supported(isa)) continue;
       const std::vector<std::tuple<Kind, bool>> variants = {
           {Kind::dense, true},   {Kind::index32, true}, {Kind::index64, true},

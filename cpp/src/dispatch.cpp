@@ -1,7 +1,7 @@
 // The single place that asks the CPU what it supports and picks a kernel variant.
+// Every list of variants here is generated from FASTXENT_ISA_TABLE (fastxent.hpp).
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 
 #include "fastxent/fastxent.hpp"
 #include "isa_entry.hpp"
@@ -9,44 +9,87 @@
 namespace fastxent {
 namespace {
 
-bool cpu_has(Isa isa) {
-  if (isa == Isa::generic) return true;
 #if defined(FASTXENT_HAVE_X86_VARIANTS) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (isa == Isa::avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (isa == Isa::avx512)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#define FASTXENT_CPU_SUPPORTS(feature) (__builtin_cpu_init(), __builtin_cpu_supports(feature))
+#else
+#define FASTXENT_CPU_SUPPORTS(feature) false
 #endif
+
+// What each variant's compiler flags (cpp/CMakeLists.txt) require of the CPU.
+// (No default: a variant added to the table without its requirements here is a
+// -Wswitch warning.)
+bool cpu_has(Isa isa) {
+  if (!isa_built(isa)) return false;
+  switch (isa) {
+    case Isa::generic: return true;
+    case Isa::avx2: return FASTXENT_CPU_SUPPORTS("avx2") && FASTXENT_CPU_SUPPORTS("fma");
+    case Isa::avx512:
+      return FASTXENT_CPU_SUPPORTS("avx512f") && FASTXENT_CPU_SUPPORTS("avx512dq") && cpu_has(Isa::avx2);
+  }
   return false;
 }
+#undef FASTXENT_CPU_SUPPORTS
 
 Isa initial_isa() {
-  if (const char* env = std::getenv("FASTXENT_SIMD")) {
-    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
-      if (std::strcmp(env, isa_name(isa)) == 0 && cpu_has(isa)) return isa;
-  }
+  Isa isa;
+  const char* env = std::getenv("FASTXENT_SIMD");
+  if (env && isa_from_name(env, &isa) && cpu_has(isa)) return isa;
   return best_supported_isa();
 }
 
 std::atomic<int> g_isa{-1};
 
+// One variant's entry points (isa_entry.hpp).
+template <class T>
+struct Entries {
+  double (*loss)(const Problem<T>&);
+  void (*rowwise)(RowOp, const T*, int64_t, int64_t, int64_t, T*, int64_t);
+  void (*exp)(const T*, T*, int64_t);
+};
+
+template <class T>
+Entries<T> entries(Isa isa) {
+  switch (isa) {
+#define FASTXENT_ENTRIES_CASE_(name)                                                             \
+  case Isa::name:                                                                                \
+    if constexpr (isa_built(Isa::name))                                                          \
+      return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, &name##_isa::run_exp<T>}; \
+    break;
+    FASTXENT_ISA_TABLE(FASTXENT_ENTRIES_CASE_)
+#undef FASTXENT_ENTRIES_CASE_
+  }
+  // A variant this build lacks is never active (cpu_has is false for it).
+  return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, &generic_isa::run_exp<T>};
+}
+
 }  // namespace
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    default: return "generic";
+#define FASTXENT_NAME_CASE_(name) \
+  case Isa::name: return #name;
+    FASTXENT_ISA_TABLE(FASTXENT_NAME_CASE_)
+#undef FASTXENT_NAME_CASE_
   }
+  return "unknown";
+}
+
+bool isa_from_name(const std::string& name, Isa* isa) {
+  for (Isa candidate : all_isas())
+    if (name == isa_name(candidate)) {
+      *isa = candidate;
+      return true;
+    }
+  return false;
 }
 
 bool isa_supported(Isa isa) { return cpu_has(isa); }
 
 Isa best_supported_isa() {
-  if (cpu_has(Isa::avx512)) return Isa::avx512;
-  if (cpu_has(Isa::avx2)) return Isa::avx2;
-  return Isa::generic;
+  Isa best = Isa::generic;
+  for (Isa isa : all_isas())  // table order: the fastest last
+    if (cpu_has(isa)) best = isa;
+  return best;
 }
 
 Isa active_isa() {
@@ -64,36 +107,19 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
-#if defined(FASTXENT_HAVE_X86_VARIANTS)
-#define FASTXENT_DISPATCH(fn, ...)                                     \
-  switch (active_isa()) {                                              \
-    case Isa::avx512: return avx512_isa::fn(__VA_ARGS__);              \
-    case Isa::avx2: return avx2_isa::fn(__VA_ARGS__);                  \
-    default: return generic_isa::fn(__VA_ARGS__);                      \
-  }
-#else
-#define FASTXENT_DISPATCH(fn, ...) return generic_isa::fn(__VA_ARGS__);
-#endif
-
 template <class T>
 double softmax_cross_entropy(const Problem<T>& p) {
-  FASTXENT_DISPATCH(run_loss<T>, p)
+  return entries<T>(active_isa()).loss(p);
 }
 
 template <class T>
 void rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs, T* out, int64_t os) {
-  FASTXENT_DISPATCH(run_rowwise<T>, op, x, rows, classes, xs, out, os)
+  entries<T>(active_isa()).rowwise(op, x, rows, classes, xs, out, os);
 }
 
 template <class T>
 void vector_exp(Isa isa, const T* x, T* out, int64_t n) {
-  switch (isa) {
-#if defined(FASTXENT_HAVE_X86_VARIANTS)
-    case Isa::avx512: return avx512_isa::run_exp<T>(x, out, n);
-    case Isa::avx2: return avx2_isa::run_exp<T>(x, out, n);
-#endif
-    default: return generic_isa::run_exp<T>(x, out, n);
-  }
+  entries<T>(isa).exp(x, out, n);
 }
 
 template double softmax_cross_entropy<float>(const Problem<float>&);

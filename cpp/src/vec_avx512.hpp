@@ -31,6 +31,8 @@ struct Vec<float> {
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Vec fmsub(Vec a, Vec b, Vec c) { return {_mm512_fmsub_ps(a.v, b.v, c.v)}; }  // a*b - c
+  friend Vec fnmadd(Vec a, Vec b, Vec c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }  // c - a*b
   friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
   friend Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
@@ -89,6 +91,8 @@ struct Vec<double> {
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.v, b.v)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
   friend Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  friend Vec fmsub(Vec a, Vec b, Vec c) { return {_mm512_fmsub_pd(a.v, b.v, c.v)}; }  // a*b - c
+  friend Vec fnmadd(Vec a, Vec b, Vec c) { return {_mm512_fnmadd_pd(a.v, b.v, c.v)}; }  // c - a*b
   friend Vec max(Vec a, Vec b) { return {_mm512_max_pd(a.v, b.v)}; }
   friend Vec min(Vec a, Vec b) { return {_mm512_min_pd(a.v, b.v)}; }
   friend Vec abs(Vec a) { return {_mm512_abs_pd(a.v)}; }

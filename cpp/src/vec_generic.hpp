@@ -37,8 +37,10 @@ struct Vec {
   friend Vec operator-(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] -= b.v[i]; return a; }
   friend Vec operator*(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] *= b.v[i]; return a; }
   friend Vec operator/(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] /= b.v[i]; return a; }
-  // No FMA instruction on the baseline: a*b + c with two roundings.
+  // No FMA instruction on the baseline: a*b + c, a*b - c, c - a*b with two roundings.
   friend Vec fmadd(Vec a, Vec b, Vec c) { for (int i = 0; i < L; ++i) a.v[i] = a.v[i] * b.v[i] + c.v[i]; return a; }
+  friend Vec fmsub(Vec a, Vec b, Vec c) { for (int i = 0; i < L; ++i) a.v[i] = a.v[i] * b.v[i] - c.v[i]; return a; }
+  friend Vec fnmadd(Vec a, Vec b, Vec c) { for (int i = 0; i < L; ++i) a.v[i] = c.v[i] - a.v[i] * b.v[i]; return a; }
   // x86 MAXPS/MINPS semantics: when either operand is NaN the SECOND is returned.
   friend Vec max(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i]; return a; }
   friend Vec min(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i]; return a; }

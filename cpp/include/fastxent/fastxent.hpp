@@ -4,6 +4,7 @@
 // the kernels TRUST their inputs as documented on each field below.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -81,8 +82,26 @@ void rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t x_row_
              T* out, int64_t out_row_stride);
 
 // ---- runtime configuration -------------------------------------------------
-enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+// The kernel variants, from the most portable to the fastest: X(name) for each.
+// This is the one list of them; everything else (the enum, the names, the
+// FASTXENT_SIMD choice, the dispatch, all_isas()) is generated from it.
+#define FASTXENT_ISA_TABLE(X) X(generic) X(avx2) X(avx512)
+
+#define FASTXENT_ISA_ENUMERATOR_(name) name,
+enum class Isa { FASTXENT_ISA_TABLE(FASTXENT_ISA_ENUMERATOR_) };
+#undef FASTXENT_ISA_ENUMERATOR_
+
+// Every variant, in table order, supported on this CPU or not (isa_supported
+// tells): iterate this rather than naming them.
+#define FASTXENT_ISA_ELEMENT_(name) Isa::name,
+constexpr auto all_isas() { return std::array{FASTXENT_ISA_TABLE(FASTXENT_ISA_ELEMENT_)}; }
+#undef FASTXENT_ISA_ELEMENT_
+
+// "generic", "avx2", "avx512": the enumerator's name, as FASTXENT_SIMD spells it.
 const char* isa_name(Isa isa);
+// The variant named `name` (as isa_name spells it); false (and *isa unchanged)
+// for any other string.
+bool isa_from_name(const std::string& name, Isa* isa);
 // Best variant this CPU and build support.
 Isa best_supported_isa();
 bool isa_supported(Isa isa);

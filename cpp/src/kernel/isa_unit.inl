@@ -1,5 +1,8 @@
-// Included by each kernels_<isa>.cpp after it defines FASTXENT_ISA_NAMESPACE and
-// includes its vector header: compiles the one kernel for that ISA.
+// The body of every kernels_<isa>.cpp: compiles the one kernel for that ISA.
+// Included at FILE scope (not inside a namespace) after the unit includes its
+// vector header (vec_<isa>.hpp, which defines VecFor<T> in fastxent::<isa>_isa)
+// and defines FASTXENT_ISA_NAMESPACE as that namespace's name. The fragments below
+// are included inside it, in dependency order.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,8 +15,11 @@
 #include "thread_pool.hpp"
 
 namespace fastxent::FASTXENT_ISA_NAMESPACE {
-#include "vmath.hpp"
-#include "kernel.hpp"
+#include "vmath.inl"
+#include "row_math.inl"
+#include "targets.inl"
+#include "schedule.inl"
+#include "entry_points.inl"
 
 template double run_loss<float>(const Problem<float>&);
 template double run_loss<double>(const Problem<double>&);

@@ -1,5 +1,7 @@
-// exp and tanh written once over any vector type V of kernel.hpp's interface.
-// Included inside an ISA namespace (see kernel.hpp), so each ISA gets its own copy.
+// Fragment: vector exp and tanh, written once over any vector type V (the
+// interface of vec_<isa>.hpp).
+// Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl), so
+// each ISA gets its own copy. Needs in scope: the Vec operations of vec_<isa>.hpp.
 //
 // exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a minimax polynomial
 // (Cephes) for e^r, and 2^n applied in two steps so that results in the subnormal
@@ -36,9 +38,10 @@ inline V vexp(V x) {
   // min/max return their second operand for NaN, so NaN survives the clamp.
   x = min(V::set1(C::hi), x);
   x = max(V::set1(C::lo), x);
-  // Round to nearest without an instruction the baseline lacks.
+  // Round to nearest without an instruction the baseline lacks (fused where the
+  // ISA has FMA: the units are built with -ffp-contract=off, see cpp/CMakeLists.txt).
   V magic = V::set1(C::round_magic);
-  V n = (x * V::set1(C::log2e) + magic) - magic;
+  V n = fmadd(x, V::set1(C::log2e), magic) - magic;
   V r = fmadd(n, V::set1(-C::ln2_hi), x);
   r = fmadd(n, V::set1(-C::ln2_lo), r);
   V p = exp_poly(r);
@@ -87,14 +90,15 @@ inline V vexp_nonpos(V x) {
   const V lo = V::set1(T(sizeof(T) == 4 ? -87.3 : -708.3));  // exp(lo) ~ smallest normal
   V xc = max(lo, x);  // NaN survives: max returns its second operand
   V magic = V::set1(C::round_magic);
-  V n = (xc * V::set1(C::log2e) + magic) - magic;
+  V n = fmadd(xc, V::set1(C::log2e), magic) - magic;
   V r = fmadd(n, V::set1(-C::ln2_hi), xc);
   r = fmadd(n, V::set1(-C::ln2_lo), r);
   return select(x < lo, V::set1(T(0)), exp_poly(r) * pow2i(n));
 }
 
 // tanh: an odd rational/polynomial (Cephes) for |x| < 0.625, where 1 - 2/(e^2x + 1)
-// would cancel; that formula elsewhere (it saturates cleanly to +-1 for large |x|).
+// would cancel; that formula elsewhere. It saturates to exactly +-1 for huge |x|
+// and +-inf (e^2x overflows to inf, 2 / inf = 0), which a subnormal soft cap needs.
 template <class V, class T = typename V::value_type>
 inline V vtanh(V x) {
   V ax = abs(x);

@@ -1,0 +1,124 @@
+// Fragment: the entry points isa_entry.hpp declares for every ISA (run_loss,
+// run_rowwise, run_exp), and the choice of compile-time kernel variant per call.
+// Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl).
+// Needs in scope: row_math.inl, targets.inl, schedule.inl, vmath.inl.
+
+// Picks the compile-time variant for this call's options.
+template <class T, bool kDense, bool kSmooth, class Entries>
+void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) {
+  const bool weight = pr.p->weight != nullptr, softcap = pr.p->softcap > 0;
+  auto go = [&](auto w, auto c) {
+    RowKernel<T, kDense, kSmooth, decltype(w)::value, decltype(c)::value> kern{pr};
+    drive(kern, entries, row_loss);
+  };
+  using F = std::false_type;
+  using Tr = std::true_type;
+  if (weight && softcap) go(Tr{}, Tr{});
+  else if (weight) go(Tr{}, F{});
+  else if (softcap) go(F{}, Tr{});
+  else go(F{}, F{});
+}
+
+template <class T>
+double run_loss(const Problem<T>& p) {
+  Params<T> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
+               T(p.softcap), 1.0};
+
+  // The mean's denominator, known before any gradient is written.
+  double denom = double(p.rows);
+  auto index_denominator = [&](auto* idx) {
+    double total = 0;
+    for (int64_t i = 0; i < p.rows; ++i) {
+      const int64_t c = idx[i * p.index_stride];
+      if (c != p.ignore_index) total += p.weight ? double(p.weight[c]) : 1.0;
+    }
+    return total;
+  };
+  if (p.target_kind == TargetKind::index32) denom = index_denominator(p.index32);
+  if (p.target_kind == TargetKind::index64) denom = index_denominator(p.index64);
+  if (p.reduction == Reduction::mean) pr.scale = 1.0 / denom;
+
+  const bool smooth = p.label_smoothing > 0;
+  switch (p.target_kind) {
+    case TargetKind::dense:
+      dispatch_options<T, true, true>(pr, NoEntries<T>{}, p.row_loss);
+      break;
+    case TargetKind::index32: {
+      IndexEntries<T, int32_t> e{pr, p.index32, p.index_stride};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+    case TargetKind::index64: {
+      IndexEntries<T, int64_t> e{pr, p.index64, p.index_stride};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+    case TargetKind::sparse: {
+      SparseEntries<T> e{pr};
+      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
+      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      break;
+    }
+  }
+  // Fixed order, double accumulator: the same value for every thread count.
+  double total = 0;
+  for (int64_t i = 0; i < p.rows; ++i) total += double(p.row_loss[i]);
+  return p.reduction == Reduction::mean ? total / denom : total;
+}
+
+// ---- row-wise logsumexp / softmax / log_softmax --------------------------------
+template <class T>
+void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs, T* out, int64_t os) {
+  using V = VecFor<T>;
+  constexpr int L = V::lanes;
+  Problem<T> p;
+  p.rows = rows;
+  p.classes = classes;
+  p.logits = x;
+  p.logits_row_stride = xs;
+  Params<T> pr{&p, T(1), T(0), T(0), 1.0};
+  RowKernel<T, false, false, false, false> kern{pr};
+  NoEntries<T> none;
+  const int64_t nb = num_blocks(classes);
+  const int threads = rows * classes < kMinParallelElements ? 1 : num_threads();
+  auto body = [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<BlockStats> stats;
+    stats.resize(size_t(nb));
+    for (int64_t i = r0; i < r1; ++i) {
+      for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, nullptr);
+      RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: only M and log S matter
+      if (op == RowOp::logsumexp) {
+        out[i * os] = T(r.lse);
+        continue;
+      }
+      const T* xi = x + i * xs;
+      T* oi = out + i * os;
+      const V shift = V::set1(T(r.shift));
+      const V inv_s = V::set1(T(std::exp(-r.log_s)));  // NaN for a row with no softmax
+      const V log_s = V::set1(T(r.log_s));
+      for (int64_t j = 0; j < classes; j += L) {
+        const int64_t n = std::min<int64_t>(L, classes - j);
+        V t = (n == L ? V::load(xi + j) : V::load_partial(xi + j, n, T(0))) - shift;
+        V o = op == RowOp::softmax ? vexp(t) * inv_s : t - log_s;
+        if (n == L) o.store(oi + j);
+        else o.store_partial(oi + j, n);
+      }
+    }
+  };
+  if (threads == 1) body(0, rows);
+  else detail::parallel_for(rows, body);
+}
+
+template <class T>
+void run_exp(const T* x, T* out, int64_t n) {
+  using V = VecFor<T>;
+  constexpr int L = V::lanes;
+  for (int64_t j = 0; j < n; j += L) {
+    const int64_t m = std::min<int64_t>(L, n - j);
+    V e = vexp(m == L ? V::load(x + j) : V::load_partial(x + j, m, T(0)));
+    if (m == L) e.store(out + j);
+    else e.store_partial(out + j, m);
+  }
+}

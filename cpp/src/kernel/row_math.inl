@@ -1,0 +1,333 @@
+// Fragment: the math of one row, written once over a vector type V: per-block
+// stats, their combine into the row's loss, and the row's gradient.
+// Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl), so
+// every ISA compiles its own copy with its own flags. Needs in scope: VecFor<T>
+// (vec_<isa>.hpp), vmath.inl, Problem<T>, <algorithm>, <cmath>, <limits>, <vector>.
+//
+// Shape of the computation, per row of K logits:
+//   1. stats pass, per block of kBlock columns (stays in L1): block max m_b, then
+//      s_b = sum exp(x~ - m_b) and the target sums, all relative to m_b so large
+//      common offsets cancel exactly before anything is accumulated;
+//   2. combine the blocks IN BLOCK ORDER (in double): M, S, lse, loss;
+//   3. gradient pass, per block: g = scale * dx~/dx * (exp(x~ - M) * (Qeff / S) - q).
+// Rows are always cut into the same blocks (schedule.inl), so the arithmetic, and
+// the result bit for bit, never depends on the thread count.
+
+constexpr int64_t kBlock = 2048;  // columns; 8 KiB (float) / 16 KiB (double) fits L1
+
+inline int64_t num_blocks(int64_t k) { return (k + kBlock - 1) / kBlock; }
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Per (row, block): everything the combine step needs.
+struct BlockStats {
+  double ref;  // the block's shift: its max when finite, else 0
+  double s;    // sum exp(x~ - ref); 0 for an all -inf block, NaN for a +inf/NaN one
+  double q;    // sum of the block's dense target mass
+  double d;    // sum over q_j != 0 of q_j (x~_j - ref)
+  double max;  // the block max itself
+};
+
+// Per row: what the gradient pass and the loss need.
+struct RowResult {
+  double loss;
+  double shift;  // M: the row max (0 when the row is NaN)
+  double coef;   // (sum q + 2 z lse) / S, NaN for a row with no softmax
+  double lse;    // M + log S
+  double log_s;  // log S itself: lse - M would round at the scale of M
+  bool ignored;
+};
+
+// What varies between target kinds and options, fixed for one call.
+template <class T>
+struct Params {
+  const Problem<T>* p;
+  T a, b;          // q = w (a y + b): a = 1 - label_smoothing, b = label_smoothing / K
+  T softcap;       // 0 = off
+  double scale;    // d(reduced loss) / d(row loss)
+};
+
+// Logits after the optional soft cap. A division, not x * (1 / cap): for a
+// subnormal cap 1 / cap overflows and 0 * inf would be NaN, while x / cap only
+// overflows where tanh saturates to +-1 anyway.
+template <bool kSoftcap, class V>
+inline V capped(V x, V cap) {
+  if constexpr (kSoftcap) return cap * vtanh(x / cap);
+  else return x;
+}
+
+// d x~ / d x = 1 - tanh^2(x / cap).
+template <class V>
+inline V cap_slope(V x, V cap) {
+  const V th = vtanh(x / cap);
+  return fnmadd(th, th, V::set1(typename V::value_type(1)));
+}
+
+// kDense: targets are a dense row y. kSmooth: the dense part of q is nonzero
+// (dense targets always; entry targets when label_smoothing > 0).
+template <class T, bool kDense, bool kSmooth, bool kWeight, bool kSoftcap>
+struct RowKernel {
+  using V = VecFor<T>;
+  static constexpr int L = V::lanes;
+  static constexpr bool kCapped = kSoftcap;
+  const Params<T>& pr;
+
+  const T* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
+  const T* y_row(int64_t i) const { return pr.p->dense_targets + i * pr.p->targets_row_stride; }
+
+  // Loads lanes [0, L) of p, or its first n lanes and `fill` elsewhere (kFull false).
+  template <bool kFull>
+  static V load_n(const T* p, int64_t n, T fill) {
+    if constexpr (kFull) return V::load(p);
+    else return V::load_partial(p, n, fill);
+  }
+
+  // The dense part of one row's effective target q = w (a y + b), with every input
+  // held in locals: the loops store through T pointers, which may alias the Params,
+  // so reading through `pr` there would reload them on every step.
+  struct DenseQ {
+    const T* y;
+    const T* w;
+    V a, b;
+    template <bool kFull>
+    V at(int64_t j, int64_t n) const {
+      V q;
+      if constexpr (kDense) q = fmadd(load_n<kFull>(y + j, n, T(0)), a, b);
+      else q = b;
+      if constexpr (kWeight) q = q * load_n<kFull>(w + j, n, T(0));
+      if constexpr (!kFull) q = select(mask_first(n), q, V::set1(T(0)));  // padding carries no mass
+      return q;
+    }
+  };
+  DenseQ dense_q(int64_t i) const {
+    return {kDense ? y_row(i) : nullptr, pr.p->weight, V::set1(pr.a), V::set1(pr.b)};
+  }
+
+  static typename V::Mask mask_first(int64_t n) {
+    // lanes [0, n) set: compare a 0,1,2.. ramp with n
+    alignas(64) T ramp[L];
+    for (int l = 0; l < L; ++l) ramp[l] = T(l);
+    return V::load(ramp) < V::set1(T(n));
+  }
+
+  // One logit's x~, computed exactly as the vector passes compute it: the row's
+  // max entry must give x~ - M == 0 exactly, whatever tanh's rounding (a scalar
+  // tanh, or the same one in double, can differ in the last bit, which at the
+  // scale of a huge cap is a huge loss).
+  T capped_one(T x) const {
+    if constexpr (kSoftcap) return reduce_max(capped<true>(V::set1(x), V::set1(pr.softcap)));
+    else return x;
+  }
+
+  // Stats of one block. When `e` is given (a scratch row: a gradient is wanted, or
+  // a soft cap) it receives exp(x~_j - ref) for the block's columns, so the
+  // gradient pass needs no exp.
+  BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
+    const T* x = x_row(i);
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    const V cap = V::set1(pr.softcap);
+    const T ninf = -std::numeric_limits<T>::infinity();
+
+    // Under a soft cap with a scratch row, the max pass parks x~ in it and the
+    // sums pass reads it back (then overwrites it with exp): one tanh per logit
+    // instead of two, and the very same x~ values in both passes.
+    V vmax0 = V::set1(ninf), vmax1 = vmax0;
+    auto max_pass = [&](auto park) {
+      constexpr bool kPark = decltype(park)::value;
+      // Two accumulators: the loop is bound by max's latency, not by loads.
+      int64_t j = j0;
+      for (; j + 2 * L <= j1; j += 2 * L) {
+        const V c0 = capped<kSoftcap>(V::load(x + j), cap), c1 = capped<kSoftcap>(V::load(x + j + L), cap);
+        if constexpr (kPark) {
+          c0.store(e + j);
+          c1.store(e + j + L);
+        }
+        vmax0 = max(c0, vmax0);
+        vmax1 = max(c1, vmax1);
+      }
+      for (; j < j1; j += L) {
+        const int64_t n = std::min<int64_t>(L, j1 - j);
+        const V c = capped<kSoftcap>(V::load_partial(x + j, n, ninf), cap);
+        if constexpr (kPark) c.store_partial(e + j, n);
+        vmax0 = max(c, vmax0);
+      }
+    };
+    if (kSoftcap && e) max_pass(std::true_type{});
+    else max_pass(std::false_type{});
+    BlockStats st{};
+    st.max = double(reduce_max(max(vmax0, vmax1)));
+
+    const bool finite_max = std::isfinite(st.max);
+    st.ref = finite_max ? st.max : 0.0;
+    const V ref = V::set1(T(st.ref));
+    const V zero = V::set1(T(0));
+    const DenseQ dq = dense_q(i);
+    V s = zero, qs = zero, ds = zero;
+    auto step = [&](int64_t j, int64_t n, auto full, auto keep) {
+      constexpr bool kFull = decltype(full)::value;
+      constexpr bool kKeep = decltype(keep)::value;
+      constexpr bool kParked = kSoftcap && kKeep;  // x~ waits in e (see max_pass)
+      V t;
+      if constexpr (kParked) t = load_n<kFull>(e + j, n, ninf) - ref;  // padding: -inf, exp 0
+      else t = capped<kSoftcap>(load_n<kFull>(x + j, n, ninf), cap) - ref;
+      V ev = vexp_nonpos(t);
+      // Padding lanes load -inf, which the soft cap turns into -softcap: drop them.
+      if constexpr (kSoftcap && !kParked && !kFull) ev = select(mask_first(n), ev, zero);
+      s = s + ev;
+      if constexpr (kKeep) {
+        if constexpr (kFull) ev.store(e + j);
+        else ev.store_partial(e + j, n);
+      }
+      if constexpr (kSmooth) {
+        V q = dq.template at<kFull>(j, n);
+        qs = qs + q;
+        ds = ds + select(q != zero, q * t, zero);  // a q == 0 term adds nothing, even at -inf
+      }
+    };
+    auto sweep = [&](auto keep) {
+      int64_t j = j0;
+      for (; j + L <= j1; j += L) step(j, L, std::true_type{}, keep);
+      if (j < j1) step(j, j1 - j, std::false_type{}, keep);
+    };
+    if (e) sweep(std::true_type{});
+    else sweep(std::false_type{});
+    // +inf in the block: no softmax. All -inf: no contribution, unless a NaN hides
+    // there (max() skips NaN, so look).
+    st.s = finite_max ? double(reduce_add(s)) : kNaN;
+    if (st.max == -kInf) {
+      bool has_nan = false;
+      for (int64_t j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
+      st.s = has_nan ? kNaN : 0.0;
+    }
+    if constexpr (kSmooth) {
+      st.q = double(reduce_add(qs));
+      st.d = double(reduce_add(ds));
+    }
+    return st;
+  }
+
+  // Combines one row's blocks in order, adds its entry targets (index/sparse).
+  template <class Entries>
+  RowResult combine(int64_t i, const BlockStats* st, int64_t nb, const Entries& entries) const {
+    RowResult r{};
+    if (entries.ignored(i)) {
+      r.ignored = true;
+      return r;
+    }
+    double m = -kInf;
+    bool nan = false;
+    for (int64_t b = 0; b < nb; ++b) {
+      m = std::max(m, st[b].max);
+      nan |= std::isnan(st[b].s);
+    }
+    double s = 0, q = 0, d = 0;
+    if (!nan && m != -kInf) {
+      for (int64_t b = 0; b < nb; ++b) {
+        if (st[b].s != 0) s += st[b].s * std::exp(st[b].ref - m);
+        q += st[b].q;
+        d += st[b].d + st[b].q * (st[b].ref - m);
+      }
+    }
+    entries.for_each(i, [&](int64_t j, double qj) {
+      if (qj == 0) return;
+      q += qj;
+      d += qj * (double(capped_one(x_row(i)[j])) - m);
+    });
+    if (nan || m == -kInf || !(s > 0)) {  // no softmax for this row
+      r.loss = kNaN;
+      r.coef = kNaN;
+      r.shift = 0;
+      r.lse = kNaN;
+      r.log_s = kNaN;
+      return r;
+    }
+    const double log_s = std::log(s);
+    const double z = pr.p->z_loss;
+    r.shift = m;
+    r.log_s = log_s;
+    r.lse = m + log_s;
+    r.loss = q * log_s - d + z * r.lse * r.lse;
+    r.coef = (q + 2 * z * r.lse) / s;
+    return r;
+  }
+
+  T* grad_row(int64_t i) const { return pr.p->grad + i * pr.p->grad_row_stride; }
+
+  // Stores value(j, n, full) to g[j0, j1). `stream`: non-temporal stores from the
+  // first aligned address on (the gradient is far larger than the cache).
+  template <class F>
+  static void store_range(T* g, int64_t j0, int64_t j1, F&& value, bool stream) {
+    constexpr std::true_type full{};
+    constexpr std::false_type partial{};
+    int64_t j = j0;
+    if (stream) {
+      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
+      const int64_t head = std::min(j1 - j0, misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0);
+      if (misalign % sizeof(T) == 0 && head < L) {
+        if (head > 0) value(j, head, partial).store_partial(g + j, head);
+        j += head;
+        for (; j + L <= j1; j += L) value(j, L, full).stream(g + j);
+      }
+    }
+    for (; j + L <= j1; j += L) value(j, L, full).store(g + j);
+    if (j < j1) value(j, j1 - j, partial).store_partial(g + j, j1 - j);
+  }
+
+  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j) for one block, from
+  // the block's stored exponentials e, into the row g (which may be e itself).
+  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e, T* g,
+                  bool stream) const {
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    if (r.ignored) {  // e holds another row's values here
+      std::fill(g + j0, g + j1, T(0));
+      return;
+    }
+    double c = 0;  // an all -inf block has e == 0: only -q remains
+    if (std::isnan(r.coef)) c = kNaN;
+    else if (st.max != -kInf) c = r.coef * pr.scale * std::exp(st.ref - r.shift);
+    const V coef = V::set1(T(c));
+    const V scale = V::set1(T(pr.scale));
+    const V cap = V::set1(pr.softcap);
+    const T* x = x_row(i);
+    const DenseQ dq = dense_q(i);
+    store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      V gv;
+      if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
+      else gv = load_n<kFull>(e + j, n, T(0)) * coef;
+      if constexpr (kSoftcap) gv = gv * cap_slope(load_n<kFull>(x + j, n, T(0)), cap);
+      return gv;
+    }, stream);
+  }
+
+  // Streams a finished row from the scratch e to g.
+  void stream_row(const T* e, T* g) const {
+    store_range(g, 0, pr.p->classes, [&](int64_t j, int64_t n, auto full) {
+      return load_n<decltype(full)::value>(e + j, n, T(0));
+    }, true);
+  }
+
+  // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
+  // Computed before the dense gradient is written, since in place the write
+  // replaces the logits these corrections read.
+  template <class Entries>
+  void entry_corrections(int64_t i, const RowResult& r, const Entries& entries, std::vector<T>& out) const {
+    out.clear();
+    if (r.ignored) return;
+    entries.for_each(i, [&](int64_t j, double qj) {
+      double c = -pr.scale * qj;
+      // The same slope as the vector pass's, so that at a class where softmax
+      // is exactly q the two parts cancel exactly.
+      if constexpr (kSoftcap) c *= double(reduce_max(cap_slope(V::set1(x_row(i)[j]), V::set1(pr.softcap))));
+      out.push_back(T(c));
+    });
+  }
+
+  template <class Entries>
+  void apply_corrections(int64_t i, const RowResult& r, const Entries& entries, const std::vector<T>& corr,
+                         T* g) const {
+    if (r.ignored) return;
+    size_t k = 0;
+    entries.for_each(i, [&](int64_t j, double) { g[j] += corr[k++]; });
+  }
+};

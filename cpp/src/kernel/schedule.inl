@@ -1,0 +1,90 @@
+// Fragment: scheduling. Cuts a call into tasks (whole rows, or the blocks of a
+// few huge rows) over the thread pool, and picks streaming stores for gradients
+// too large for the cache. The same blocks in the same combine order whatever
+// the thread count, hence the same bits.
+// Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl).
+// Needs in scope: RowKernel, BlockStats, RowResult, num_blocks (row_math.inl),
+// num_threads() and detail::parallel_for (thread_pool.hpp).
+
+// Rows below this many elements in total stay on the calling thread.
+constexpr int64_t kMinParallelElements = int64_t(1) << 17;
+// Gradients above this many bytes are written with non-temporal stores: they
+// cannot stay in cache anyway, and streaming skips reading their lines first.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+template <class K, class Entries>
+void drive(const K& kern, const Entries& entries, typename K::V::value_type* row_loss) {
+  using T = typename K::V::value_type;
+  using V = typename K::V;
+  const Problem<T>& p = *kern.pr.p;
+  const int64_t n = p.rows, k = p.classes, nb = num_blocks(k);
+  const bool want_grad = p.grad != nullptr;
+  const bool stream = want_grad && n * k * int64_t(sizeof(T)) >= kStreamBytes;
+  const int threads = n * k < kMinParallelElements ? 1 : num_threads();
+
+  if (n >= threads || nb == 1) {
+    // Whole rows per task.
+    auto body = [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<BlockStats> stats;
+      thread_local std::vector<T> exps;  // one row of exp(x~ - ref): K values, no N x K temporary
+      thread_local std::vector<T> corr;
+      stats.resize(size_t(nb));
+      // A soft-capped loss gets the scratch row even without a gradient: block_stats
+      // then computes each logit's tanh once, not twice (see max_pass in row_math.inl).
+      const bool scratch = want_grad || K::kCapped;
+      if (scratch) exps.resize(size_t(k));
+      T* e = scratch ? exps.data() : nullptr;
+      for (int64_t i = r0; i < r1; ++i) {
+        const bool skip = entries.ignored(i);
+        if (!skip)
+          for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, e);
+        RowResult r = kern.combine(i, stats.data(), nb, entries);
+        row_loss[i] = T(r.loss);
+        if (!want_grad) continue;
+        kern.entry_corrections(i, r, entries, corr);
+        T* g = kern.grad_row(i);
+        if (stream && Entries::kMany) {
+          // Finish the row in its scratch (in cache), then stream it out: adding
+          // many entries to a streamed row would read each touched line back.
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, e, false);
+          kern.apply_corrections(i, r, entries, corr, e);
+          kern.stream_row(e, g);
+        } else {
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, g, stream);
+          kern.apply_corrections(i, r, entries, corr, g);
+        }
+      }
+      if (stream) V::stream_fence();
+    };
+    if (threads == 1) body(0, n);
+    else detail::parallel_for(n, body);
+    return;
+  }
+
+  // Few rows, many columns: split each row's blocks across threads. Same block
+  // stats, same combine order as above, hence the same bits.
+  std::vector<BlockStats> stats(static_cast<size_t>(n * nb));
+  std::vector<T> exps(want_grad ? static_cast<size_t>(n * k) : 0);  // n < threads rows
+  auto stats_body = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (!entries.ignored(t / nb))
+        stats[size_t(t)] = kern.block_stats(t / nb, t % nb, want_grad ? exps.data() + (t / nb) * k : nullptr);
+  };
+  detail::parallel_for(n * nb, stats_body);
+  std::vector<RowResult> results(static_cast<size_t>(n));
+  std::vector<std::vector<T>> corr(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    results[size_t(i)] = kern.combine(i, stats.data() + i * nb, nb, entries);
+    row_loss[i] = T(results[size_t(i)].loss);
+    if (want_grad) kern.entry_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+  }
+  if (!want_grad) return;
+  auto grad_body = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      kern.block_grad(t / nb, t % nb, results[size_t(t / nb)], stats[size_t(t)], exps.data() + (t / nb) * k,
+                      kern.grad_row(t / nb), stream);
+    if (stream) V::stream_fence();
+  };
+  detail::parallel_for(n * nb, grad_body);
+  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i));
+}
