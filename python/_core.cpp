@@ -178,10 +178,12 @@ void rowwise(const std::string& op_name, py::array x, py::array out) {
   throw py::type_error("x: internal: expected float32 or float64");
 }
 
-fastxent::Isa parse_isa(const std::string& name) {
-  for (auto isa : {fastxent::Isa::generic, fastxent::Isa::avx2, fastxent::Isa::avx512})
-    if (name == fastxent::isa_name(isa)) return isa;
-  throw py::value_error("simd: expected 'generic', 'avx2' or 'avx512', got '" + name + "'");
+// A variant this CPU supports, by name (fastxent.set_simd checks the name first).
+fastxent::Isa supported_isa(const std::string& name) {
+  fastxent::Isa isa;
+  if (!fastxent::isa_from_name(name, &isa) || !fastxent::isa_supported(isa))
+    throw py::value_error("name: SIMD variant '" + name + "' is not supported here");
+  return isa;
 }
 
 template <class T>
@@ -195,8 +197,7 @@ void exp_impl(fastxent::Isa isa, py::array x, py::array out) {
 }
 
 void vector_exp(const std::string& isa_name, py::array x, py::array out) {
-  fastxent::Isa isa = parse_isa(isa_name);
-  if (!fastxent::isa_supported(isa)) throw py::value_error("simd: '" + isa_name + "' is not supported on this CPU");
+  fastxent::Isa isa = supported_isa(isa_name);
   if (is_dtype<float>(x)) return exp_impl<float>(isa, x, out);
   if (is_dtype<double>(x)) return exp_impl<double>(isa, x, out);
   throw py::type_error("x: internal: expected float32 or float64");
@@ -206,10 +207,13 @@ py::dict info() {
   py::dict d;
   d["simd"] = fastxent::isa_name(fastxent::active_isa());
   d["best_simd"] = fastxent::isa_name(fastxent::best_supported_isa());
-  py::list supported;
-  for (auto isa : {fastxent::Isa::generic, fastxent::Isa::avx2, fastxent::Isa::avx512})
+  py::list supported, all;
+  for (auto isa : fastxent::all_isas()) {
+    all.append(fastxent::isa_name(isa));
     if (fastxent::isa_supported(isa)) supported.append(fastxent::isa_name(isa));
+  }
   d["supported_simd"] = supported;
+  d["all_simd"] = all;  // every variant of this build, supported here or not
   d["num_threads"] = fastxent::num_threads();
 #if defined(__clang__)
   d["compiler"] = "clang " __clang_version__;
@@ -228,8 +232,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("vector_exp", &vector_exp);
   m.def("info", &info);
   m.def("set_num_threads", [](int n) { fastxent::set_num_threads(n); });
-  m.def("set_simd", [](const std::string& name) {
-    fastxent::Isa isa = parse_isa(name);
-    if (!fastxent::set_active_isa(isa)) throw py::value_error("simd: '" + name + "' is not supported on this CPU");
-  });
+  m.def("set_simd", [](const std::string& name) { fastxent::set_active_isa(supported_isa(name)); });
 }

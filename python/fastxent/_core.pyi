@@ -22,7 +22,7 @@ def vector_exp(isa: str, x: np.ndarray, out: np.ndarray) -> None:
     """Element-wise exp with one SIMD variant's vector exp (for accuracy tests)."""
 
 def info() -> dict[str, Any]:
-    """simd, best_simd, supported_simd, num_threads, compiler."""
+    """simd, best_simd, supported_simd, all_simd, num_threads, compiler."""
 
 def set_num_threads(n: int) -> None:
     """0 means FASTXENT_NUM_THREADS, else all cores."""
