@@ -32,7 +32,7 @@ def test_mypy_strict_passes(tmp_path: Path) -> None:
     # against the installed wheel, whose site-packages mypy would not report on.
     pkg = tmp_path / "fastxent"
     shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    sources = sorted(p.name for p in pkg.iterdir() if p.suffix in (".py", ".pyi"))
+    sources = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.suffix in (".py", ".pyi"))  # subpackages too
     assert "torch.py" in sources
     assert "jax.py" in sources
     config = tmp_path / "mypy.ini"
