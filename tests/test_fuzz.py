@@ -1,0 +1,100 @@
+"""A bounded run of the API fuzzer (tests/fuzz_api.py), and checks that its oracles
+catch the kinds of bug they exist for.
+
+The long runs are `python tests/fuzz_api.py --seconds N` (CI: .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import fuzz_api
+import numpy as np
+
+FUZZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_api.py")
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, FUZZER, *args], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_fixed_seed_run_finds_nothing() -> None:
+    """Every section for a few seconds at seed 0: no finding (exit 0), and every
+    section ran cases."""
+    proc = _run("--seconds", "8", "--seed", "0")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    for section in fuzz_api.ENTRY_POINTS:
+        line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith(section + " "))
+        assert int(line.split()[1]) > 0, line
+
+
+def test_planted_bugs_are_reported_with_reproducers() -> None:
+    """The selftest section's stand-ins: a segfault (reported by the parent with the
+    case that killed the child), an OverflowError, a write into an input."""
+    proc = _run("--seconds", "3", "--section", "selftest", "--seed", "0", env={"FUZZ_API_SELFTEST": "1"})
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert "crash: child killed by signal SIGSEGV" in out
+    assert "ctypes.string_at(0)" in out  # the crashing case's reproducer
+    assert "error-contract: OverflowError" in out
+    assert "memory: " in out
+    assert "byte(s) changed outside the writable memory" in out
+
+
+def test_snapshot_allows_writes_only_into_handed_over_memory() -> None:
+    buf = np.zeros(64, np.uint8)
+    logits = buf[:32].view(np.float32)
+    out = buf[32:].view(np.float32)
+    snap = fuzz_api.Snapshot([logits, out, buf])
+    out[:] = 1.0
+    assert snap.changed_outside([out], [logits, out]) == []
+    logits[3] = 2.0
+    problems = snap.changed_outside([out], [logits, out])
+    assert len(problems) == 1
+    assert "float32[8]" in problems[0]
+
+
+def test_error_oracle_wants_named_value_errors() -> None:
+    entry = fuzz_api.ENTRY_POINTS["loss"]
+    good = fuzz_api.Outcome("cpp", "error", "ValueError", "targets: class index 5 is out of range", "call")
+    overflow = fuzz_api.Outcome("cpp", "error", "OverflowError", "int too large to convert to float", "call")
+    unnamed = fuzz_api.Outcome("cpp", "error", "TypeError", "loss(): incompatible function arguments", "call")
+    assert fuzz_api.check_error(entry, good) == []
+    assert fuzz_api.check_error(entry, overflow)
+    assert fuzz_api.check_error(entry, unnamed)
+
+
+def test_reference_oracle_rejects_absorbed_softmax_and_accepts_rounding() -> None:
+    """softmax([1e30, 1e30]) must be [.5, .5]: [1, 1] is caught, one-ulp rounding is not."""
+    entry = fuzz_api.ENTRY_POINTS["rowwise"]
+    spec = {"op": "softmax"}
+    x = np.full(2, 1e30)
+    args = {"x": x, "axis": 0}
+    wrong = fuzz_api.Outcome("cpp", "ok", result=np.array([1.0, 1.0]), args=args)
+    close = fuzz_api.Outcome("cpp", "ok", result=np.array([0.5, np.nextafter(0.5, 1)]), args=args)
+    assert fuzz_api.check_rowwise(entry, spec, [wrong])
+    assert fuzz_api.check_rowwise(entry, spec, [close]) == []
+
+
+def test_every_known_input_kind_is_drawn() -> None:
+    """The strategies reach the odd inputs the fuzzer is for (a drawn sample of specs,
+    searched for each kind)."""
+    from hypothesis import HealthCheck, given, settings
+
+    kinds = ("SparseTargets", "scipy.sparse", "masked_array", "asmatrix", "memmap", "newbyteorder", "as_strided", "offset=1",
+             "writeable = False", "out=", "inplace=True", "softcap=", "z_loss=", "label_smoothing=", "ignore_index=", "weight=",
+             "nan", "inf", "tolist()")
+    seen: set[str] = set()
+
+    @settings(max_examples=200, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(fuzz_api.ENTRY_POINTS["loss"].strategy)
+    def draw(spec: dict) -> None:  # type: ignore[type-arg]
+        src = fuzz_api.ENTRY_POINTS["loss"].build(spec).source()
+        for kind in kinds:
+            if kind in src:
+                seen.add(kind)
+
+    draw()
+    assert seen == set(kinds), sorted(set(kinds) - seen)
