@@ -842,8 +842,7 @@ def variant_context(variant: str) -> Iterator[None]:
 
 
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
-    bounds = np.lib.array_utils.byte_bounds if hasattr(np.lib, "array_utils") else np.byte_bounds  # noqa: NPY201 - NumPy < 2
-    return bounds(a)  # type: ignore[no-any-return]
+    return np.lib.array_utils.byte_bounds(a)  # type: ignore[no-any-return]
 
 
 def memory_regions(objs: list[Any], bases: bool = True) -> list[np.ndarray]:
