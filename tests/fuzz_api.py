@@ -397,6 +397,9 @@ def sparse_lines(var: str, t: dict[str, Any], k: int) -> list[tuple[str, str]]:
         dv = f"np.ones({nnz})" if vals == "none" else "_v"
         ctor = form.replace("coo_matrix", "csr_matrix")
         out.append((f"{var} = scipy.sparse.{ctor}(({dv}, np.asarray(_ix), np.asarray(_ip)), shape=({n}, {k}))", "scipy"))
+        # scipy trusts a broken structure (and then corrupts the heap itself, e.g. in tocoo):
+        # its own check makes such a case a setup error, not a finding
+        out.append((f"{var}.check_format(full_check=True)", "scipy"))
         if form == "coo_matrix":
             out.append((f"{var} = {var}.tocoo()", "plain"))
     m = t["mutation"]
@@ -1707,11 +1710,17 @@ if os.environ.get("FUZZ_API_SELFTEST") == "1":
         Finding(e.name, "memory", m, o.variant) for o in outs for m in o.memory], ("logits",), variants=lambda spec: ["given"])
 
 
+CASE_PATH: list[str] = []  # in the child: where each case is written before it runs
+
+
 def run_case(entry: EntryPoint, spec: dict[str, Any]) -> list[Finding]:
     prog = entry.build(spec)
     outs = []
     for variant in entry.variants(spec):
         p = with_backend(prog, variant) if entry.variants is backend_variants else prog
+        if CASE_PATH:  # what the parent reports if this kills the process
+            with open(CASE_PATH[0], "w") as fh:
+                json.dump({"spec": spec, "variant": variant}, fh)
         outs.append(run_program(p, variant, entry))
     found: list[Finding] = []
     for o in outs:
@@ -1750,13 +1759,7 @@ def case_tags(spec: dict[str, Any]) -> str:
     return ",".join(sorted(found))
 
 
-CASE_PATH: list[str] = []  # in the child: where each spec is written before it runs
-
-
 def run_case_safely(entry: EntryPoint, spec: dict[str, Any]) -> list[Finding]:
-    if CASE_PATH:
-        with open(CASE_PATH[0], "w") as fh:
-            json.dump({"spec": spec}, fh)
     try:
         return run_case(entry, spec)
     except Exception as exc:  # noqa: BLE001 - a fuzzer-side problem must be seen, not hidden
@@ -1769,62 +1772,77 @@ def run_case_safely(entry: EntryPoint, spec: dict[str, Any]) -> list[Finding]:
 # ---------------------------------------------------------------------------------------
 
 
-def shrink(entry: EntryPoint, spec: dict[str, Any], key: str, budget_s: float = 4.0) -> dict[str, Any]:
-    """Greedy: keep any simplification (option dropped, list element removed, dimension
-    halved, number made 0/1) under which the case still gives a finding with `key`."""
-    deadline = time.monotonic() + budget_s
+def simplifications(obj: Any) -> Iterator[Any]:
+    """Simpler variants of a spec, one change each: an option dropped; weight, out=, a
+    wrapper, a mutation or an odd backend removed; one ISA instead of all; one special
+    value or layout trick removed."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("options"), dict):
+            for name in obj["options"]:
+                yield {**obj, "options": {n: v for n, v in obj["options"].items() if n != name}}
+        for k, v in obj.items():
+            if k in ("weight", "out", "wrap", "mutation", "backend", "special", "bad_label") and v is not None:
+                yield {**obj, k: None}
+            if k == "all_isa" and v:
+                yield {**obj, k: False}
+        for k, v in obj.items():
+            if k not in ("options", "entry") and isinstance(v, (dict, list)):
+                for sub in simplifications(v):
+                    yield {**obj, k: sub}
+    elif isinstance(obj, list):
+        if obj and all(isinstance(v, list) for v in obj):  # specials / layout ops
+            for i in range(len(obj)):
+                yield obj[:i] + obj[i + 1:]
+        for i, v in enumerate(obj):
+            if isinstance(v, dict):
+                for sub in simplifications(v):
+                    yield [*obj[:i], sub, *obj[i + 1:]]
 
+
+def shrink_spec(spec: dict[str, Any], still_fails: Callable[[dict[str, Any]], bool], budget_s: float) -> dict[str, Any]:
+    """Greedy: take the first simplification that still fails, until none does (or the
+    budget is spent)."""
+    deadline = time.monotonic() + budget_s
+    current = spec
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for cand in simplifications(current):
+            if time.monotonic() > deadline:
+                break
+            if cand != current and still_fails(cand):
+                current, improved = cand, True
+                break
+    return current
+
+
+def shrink(entry: EntryPoint, spec: dict[str, Any], key: str, budget_s: float = 4.0) -> dict[str, Any]:
+    """The simplest spec found that still gives a finding with `key`."""
     def same(candidate: dict[str, Any]) -> bool:
         try:
             return any(f.key() == key for f in run_case_safely(entry, candidate))
         except Exception:  # noqa: BLE001 - a candidate that breaks the fuzzer is not simpler
             return False
 
-    def candidates(obj: Any) -> Iterator[Any]:
-        if isinstance(obj, dict):
-            for k in list(obj):
-                if k in ("entry", "kind", "dtype", "form", "k"):
-                    continue
-                if k in ("options", "specials", "layout") or obj[k] is None:
-                    pass
-                reduced = dict(obj)
-                if k in ("weight", "out", "wrap", "mutation", "backend") and obj[k] is not None:
-                    reduced[k] = None
-                    yield reduced
-                if k == "all_isa" and obj[k]:
-                    yield {**obj, k: False}
-                for sub in candidates(obj[k]):
-                    yield {**obj, k: sub}
-                if isinstance(obj.get("options"), dict) and k == "options":
-                    for name in list(obj[k]):
-                        yield {**obj, "options": {n: v for n, v in obj[k].items() if n != name}}
-        elif isinstance(obj, list):
-            for i in range(len(obj)):
-                if isinstance(obj[i], (list, dict)):
-                    for sub in candidates(obj[i]):
-                        yield obj[:i] + [sub] + obj[i + 1:]
-            if obj and all(isinstance(v, list) for v in obj):  # specials / layout ops
-                for i in range(len(obj)):
-                    yield obj[:i] + obj[i + 1:]
-
-    current = spec
-    improved = True
-    while improved and time.monotonic() < deadline:
-        improved = False
-        for cand in candidates(current):
-            if time.monotonic() > deadline:
-                break
-            cand = _fix_shapes(cand)
-            if cand == current:
-                continue
-            if same(cand):
-                current, improved = cand, True
-                break
-    return current
+    return shrink_spec(spec, same, budget_s)
 
 
-def _fix_shapes(spec: dict[str, Any]) -> dict[str, Any]:
-    return spec
+def shrink_crash(spec: dict[str, Any], budget_s: float, work: str) -> dict[str, Any]:
+    """The simplest spec found that still kills a fresh process by a signal (each try
+    is a `--replay` child: about a second for the imports)."""
+    path = os.path.join(work, "shrink.json")
+
+    def crashes(candidate: dict[str, Any]) -> bool:
+        with open(path, "w") as fh:
+            json.dump({"spec": candidate}, fh)
+        try:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--replay", path], check=False,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        except subprocess.TimeoutExpired:
+            return False
+        return proc.returncode < 0
+
+    return shrink_spec(spec, crashes, budget_s)
 
 
 def reproducer(spec: dict[str, Any], variant: str = "") -> str:
@@ -1978,6 +1996,10 @@ def parent_main(opts: argparse.Namespace) -> int:
     by_key: dict[str, dict[str, Any]] = {}
     for f in crashes + findings:
         by_key.setdefault(f["key"], f)
+    for f in by_key.values():
+        if f["oracle"] == "crash" and f.get("spec") and opts.crash_shrink > 0:
+            f["spec"] = shrink_crash(f["spec"], opts.crash_shrink, work)
+            f["reproducer"] = reproducer(f["spec"], f.get("variant", ""))
     stats: dict[str, dict[str, float]] = {}
     for name in os.listdir(work):
         if name.startswith("stats-"):
@@ -2034,12 +2056,13 @@ def crash_signature(spec: Any) -> str:
 def _crash_record(case_path: str, what: str, detail: str) -> dict[str, Any]:
     try:
         with open(case_path) as fh:
-            spec = json.load(fh)["spec"]
-        src = reproducer(spec)
+            case = json.load(fh)
+        spec, variant = case["spec"], case.get("variant", "")
+        src = reproducer(spec, variant)
         entry = spec["entry"]
     except Exception as exc:  # noqa: BLE001 - the file may be half-written when the child died
-        spec, src, entry = None, f"(case file unreadable: {exc})", "-"
-    return {"key": f"{entry} | {what} | {crash_signature(spec)}", "entry": entry, "oracle": what, "detail": detail, "spec": spec, "reproducer": src}
+        spec, src, entry, variant = None, f"(case file unreadable: {exc})", "-", ""
+    return {"key": f"{entry} | {what} | {crash_signature(spec)}", "entry": entry, "variant": variant, "oracle": what, "detail": detail, "spec": spec, "reproducer": src}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2050,12 +2073,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice", type=float, default=1.0, help="seconds per section before the next one's turn")
     ap.add_argument("--hang", type=float, default=30.0, help="a case running this long counts as a hang")
     ap.add_argument("--report", help="also write the findings as JSON here")
+    ap.add_argument("--crash-shrink", type=float, default=20.0, help="seconds to spend shrinking each crashing case")
+    ap.add_argument("--replay", help="run the case in this JSON file (as the child wrote it) once, in this process")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if not opts.section:
         opts.section = list(ENTRY_POINTS)
+    if opts.replay:
+        with open(opts.replay) as fh:
+            spec = json.load(fh)["spec"]
+        for f in run_case_safely(ENTRY_POINTS[spec["entry"]], spec):
+            print(f"[{f.entry}] {f.oracle}: {f.detail}")
+        return 0
     if opts.child:
         return child_main(opts)
     return parent_main(opts)
