@@ -27,8 +27,10 @@ Oracles, applied to every case:
       it; when the child dies by a signal (or hangs), the parent reports that case.
 
 A finding is deduplicated by (entry point, oracle, exception type, message with numbers
-and quoted text blanked); its reproducer is shrunk greedily (options dropped, shapes
-halved, special values and layout tricks removed) while the finding stays the same.
+and quoted text blanked, plus the backend family and ndarray subclasses / softcap /
+z_loss for numerical findings); its reproducer is shrunk greedily (options, weight, out=,
+wrappers, special values and layout tricks removed) while the finding stays the same
+(a crashing case: while a fresh process still dies on it).
 """
 
 from __future__ import annotations
