@@ -318,14 +318,35 @@ def float_array(draw: Any, shape: list[int], dtypes: st.SearchStrategy[str], fil
 LOGIT_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", ">f4", ">f8", "float16", "int64", "complex64", "<U4", "object", "bool"]))
 
 
+@functools.cache
+def _label_specials(dtype: str, k: int) -> st.SearchStrategy[list[list[Any]]]:
+    values = ["-100", "-1", str(k), str(k - 1), "0", "2**31 - 1", f"np.iinfo({dtype!r}).max", f"np.iinfo({dtype!r}).min"]
+    return st.lists(st.tuples(st.integers(0, 10**4), st.sampled_from(values)).map(list), max_size=3)
+
+
+@functools.cache
+def _csr_rows(n: int, k: int) -> st.SearchStrategy[list[list[int]]]:
+    return st.lists(st.lists(st.integers(0, max(0, k - 1)), max_size=4), min_size=n, max_size=n)
+
+
+_DENSE_FILLS = st.one_of(
+    st.tuples(st.just("probs"), seeds),
+    st.tuples(st.just("multihot"), seeds, st.sampled_from([0.1, 0.5, 1.0])),
+    st.tuples(st.just("normal"), seeds, st.sampled_from([1.0, 1e-3, 100.0]), st.just(0.0)),
+    st.tuples(st.just("const"), st.sampled_from(["0.0", "1.0", "-1.0"])),
+)
+_DENSE_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", "bool", "float16", ">f8", ">f4"]))
+_WEIGHT_FILLS = st.one_of(st.tuples(st.just("uniform"), seeds, st.just(0.0), st.just(2.0)),
+                          st.tuples(st.just("uniform"), seeds, st.just(-1.0), st.just(1.0)),
+                          st.tuples(st.just("const"), st.sampled_from(["1.0", "0.0", "1e39", "1e-40"])))
+_WEIGHT_DTYPES = st.sampled_from(["float32", "float64", "float64", "int64", "bool", "float16", ">f8", "complex128"])
+_FLOATS = st.sampled_from(FLOATS)
+
+
 @st.composite
 def index_targets(draw: Any, lead: list[int], k: int) -> dict[str, Any]:
-    dtype = draw(st.one_of(st.sampled_from(["int64", "int32"]), st.sampled_from(INT_DTYPES)))
-    specials = []
-    if draw(one_in(3)):
-        specials = draw(st.lists(st.tuples(st.integers(0, 10**4), st.sampled_from(
-            ["-100", "-1", str(k), str(k - 1), "0", "2**31 - 1", f"np.iinfo({dtype!r}).max", f"np.iinfo({dtype!r}).min"]
-        )).map(list), max_size=3))
+    dtype = pick(draw, ["int64", "int32"]) if draw(st.booleans()) else pick(draw, INT_DTYPES)
+    specials = draw(_label_specials(dtype, k)) if draw(one_in(3)) else []
     return {"dtype": dtype, "shape": lead, "fill": ["labels", draw(seeds), k], "specials": specials,
             "layout": draw(layout_ops(len(lead))),
             "wrap": pick(draw, (WRAPS)) if draw(one_in(8)) else None}
@@ -333,14 +354,7 @@ def index_targets(draw: Any, lead: list[int], k: int) -> dict[str, Any]:
 
 @st.composite
 def dense_targets(draw: Any, shape: list[int]) -> dict[str, Any]:
-    fills = st.one_of(
-        st.tuples(st.just("probs"), seeds),
-        st.tuples(st.just("multihot"), seeds, st.sampled_from([0.1, 0.5, 1.0])),
-        st.tuples(st.just("normal"), seeds, st.sampled_from([1.0, 1e-3, 100.0]), st.just(0.0)),
-        st.tuples(st.just("const"), st.sampled_from(["0.0", "1.0", "-1.0"])),
-    )
-    dtypes = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", "bool", "float16", ">f8", ">f4"]))
-    a = draw(float_array(shape, dtypes, fills))
+    a = draw(float_array(shape, _DENSE_DTYPES, _DENSE_FILLS))
     if a["specials"] and draw(st.booleans()):
         a["specials"] = []
     return a
@@ -350,7 +364,7 @@ def dense_targets(draw: Any, shape: list[int]) -> dict[str, Any]:
 def sparse_targets(draw: Any, n: int, k: int) -> dict[str, Any]:
     """A CSR structure (valid, or broken on purpose), how it is handed over, and what is
     done to it after construction."""
-    rows = draw(st.lists(st.lists(st.integers(0, max(0, k - 1)), max_size=4), min_size=n, max_size=n))
+    rows = draw(_csr_rows(n, k))
     indptr = [0]
     for r in rows:
         indptr.append(indptr[-1] + len(r))
@@ -462,7 +476,7 @@ def loss_specs(draw: Any) -> dict[str, Any]:
     k = shape[ax]
     lead = shape[:ax] + shape[ax + 1:]
     n = int(np.prod(lead)) if lead else 1
-    logits = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else st.sampled_from(FLOATS)))
+    logits = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _FLOATS))
     kind = pick(draw, (["index", "index", "index", "dense", "dense", "sparse", "odd"]))
     if kind == "index":
         targets = {"kind": "index", "array": draw(index_targets(lead, k))}
@@ -483,12 +497,8 @@ def loss_specs(draw: Any) -> dict[str, Any]:
         options["axis"] = str(pick(draw, ([ax, ax - len(shape)])))
     weight = None
     if draw(one_in(4)):
-        wfills = st.one_of(st.tuples(st.just("uniform"), seeds, st.just(0.0), st.just(2.0)),
-                           st.tuples(st.just("uniform"), seeds, st.just(-1.0), st.just(1.0)),
-                           st.tuples(st.just("const"), st.sampled_from(["1.0", "0.0", "1e39", "1e-40"])))
         wshape = pick(draw, ([[k], [k], [k], [k + 1], [1, k], []]))
-        weight = draw(float_array(wshape, st.sampled_from(["float32", "float64", "float64", "int64", "bool", "float16", ">f8", "complex128"]),
-                                  wfills))
+        weight = draw(float_array(wshape, _WEIGHT_DTYPES, _WEIGHT_FILLS))
     out = None
     if draw(one_in(5)) and options.get("inplace") != "True":
         oshape = shape if (not draw(one_in(6))) else pick(draw, ([shape[::-1], shape + [1], [0]]))
@@ -628,7 +638,7 @@ def build_alias(spec: dict[str, Any]) -> Program:
 @st.composite
 def rowwise_specs(draw: Any) -> dict[str, Any]:
     shape, ax = draw(logits_shapes())
-    x = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else st.sampled_from(FLOATS)))
+    x = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _FLOATS))
     op = pick(draw, (["logsumexp", "softmax", "log_softmax"]))
     axis = str(ax) if (not draw(one_in(13))) else draw(option_values(2)["axis_odd"])
     return {"entry": "rowwise", "op": op, "x": x, "axis": axis, "all_isa": draw(one_in(4)),
