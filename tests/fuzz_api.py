@@ -1704,7 +1704,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                    needs="torch"),
         EntryPoint("jax", jax_specs(), build_jax, check_jax, ("logits", "labels", "axis"), variants=lambda spec: ["given"],
                    needs="jax", share=0.4),
-        EntryPoint("config", config_specs(), build_config, check_config, ("n", "name", "simd", "logits", "targets"),
+        EntryPoint("config", config_specs(), build_config, check_config, ("n", "name", "logits", "targets"),
                    capture=capture_loss, variants=lambda spec: ["given"], share=0.3),
     ]
 }
