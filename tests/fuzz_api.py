@@ -1197,7 +1197,9 @@ def loss_bounds(info: dict[str, Any], red: str) -> tuple[np.ndarray, np.ndarray,
     qprime = np.abs(q.sum(axis=1)) + 2 * z * np.abs(lse)
     delta = rtol * (np.abs(t) + logk + capf * (np.abs(xt) + np.abs(m)[:, None]))
     delta = delta + (s * delta).sum(axis=1, keepdims=True)
-    err_s = np.minimum(s * np.expm1(np.minimum(delta, 700.0)) + rtol * s, 1.0)
+    # (+ tiny: exp of a very negative t underflows to 0 or a subnormal in the logits' dtype,
+    # an absolute error in s that the factor Q' can lift into the normal range)
+    err_s = np.minimum(s * np.expm1(np.minimum(delta, 700.0)) + rtol * s + 4 * float(np.finfo(dt).tiny), 1.0)
     grad = (qprime[:, None] * (err_s + rtol * s) + rtol * aq + 2 * z * s * rtol * (np.abs(lse) + np.abs(m) + logk)[:, None])
     tiny = 4 * float(np.finfo(dt).tiny)
     scale = 1.0
