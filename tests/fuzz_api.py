@@ -42,10 +42,12 @@ import ctypes
 import functools
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1668,7 +1670,7 @@ class EntryPoint:
     foreign_messages: bool = False
     overlap: Callable[[dict[str, Any]], str] | None = None  # on the real arguments, before the call
     share: float = 1.0  # relative fuzzing time (JAX compiles per shape: few cases, less time)
-    needs: str = ""
+    needs: str = ""  # a module the section needs (sections whose module is missing are left out, said so)
 
 
 def backend_variants(spec: dict[str, Any]) -> list[str]:
@@ -2047,6 +2049,7 @@ def parent_main(opts: argparse.Namespace) -> int:
     if opts.report:
         with open(opts.report, "w") as fh:
             json.dump({"seed": seed, "stats": stats, "findings": list(by_key.values())}, fh, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
     return 1 if by_key else 0
 
 
@@ -2090,7 +2093,7 @@ def _crash_record(case_path: str, what: str, detail: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    ap.add_argument("--seconds", type=float, default=60.0, help="total fuzzing time (split evenly over the sections)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="total fuzzing time, shared by the sections (EntryPoint.share)")
     ap.add_argument("--seed", default="0", help="an int, or 'random' (printed, to replay)")
     ap.add_argument("--section", action="append", choices=sorted(ENTRY_POINTS), help="fuzz only these (repeatable); default all")
     ap.add_argument("--slice", type=float, default=1.0, help="seconds per section before the next one's turn")
@@ -2104,6 +2107,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = ap.parse_args(argv)
     if not opts.section:
         opts.section = list(ENTRY_POINTS)
+    missing = [n for n in opts.section if ENTRY_POINTS[n].needs and importlib.util.find_spec(ENTRY_POINTS[n].needs) is None]
+    if missing and not opts.child:
+        print(f"fuzz_api: leaving out {', '.join(missing)} (module not installed)")
+    opts.section = [n for n in opts.section if n not in missing]
     if opts.replay:
         with open(opts.replay) as fh:
             spec = json.load(fh)["spec"]
