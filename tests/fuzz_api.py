@@ -1388,6 +1388,8 @@ def check_loss(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> 
     lead = x.shape[:ax] + x.shape[ax + 1:]
     for o in oks:
         loss, grad = o.result
+        if getattr(o.result, "types", ""):
+            found.append(Finding(entry.name, "result-type", o.result.types, o.variant))
         if red == "none":
             why = _compare(loss, np.asarray(rloss), row_b.reshape(lead), edge.reshape(lead), dt)
         else:
@@ -1447,10 +1449,37 @@ def _flat(result: Any) -> list[Any]:
     return [np.asarray(result, np.float64)]
 
 
+class LossResult(tuple):  # type: ignore[type-arg]
+    """(loss, grad) as float64 copies, with what they were: `types`."""
+
+    types: str
+
+
 def capture_loss(res: Any, args: dict[str, Any]) -> Any:
     loss, grad = res
-    return (np.array(np.asarray(as_plain(loss)), np.float64, copy=True),
-            None if grad is None else np.array(np.asarray(as_plain(grad)), np.float64, copy=True))
+    out = LossResult((np.array(np.asarray(as_plain(loss)), np.float64, copy=True),
+                      None if grad is None else np.array(np.asarray(as_plain(grad)), np.float64, copy=True)))
+    out.types = result_types_problem(loss, grad, args)
+    return out
+
+
+def result_types_problem(loss: Any, grad: Any, args: dict[str, Any]) -> str:
+    """'' when loss and grad have the documented types: the logits' dtype (native order);
+    loss a NumPy scalar for "sum"/"mean", an array of the logits' shape without axis for
+    "none"; grad an ndarray of the logits' shape (None for return_grad=False)."""
+    x = np.asarray(as_plain(args["logits"]))
+    want = x.dtype.newbyteorder("=")
+    red = args.get("reduction", "mean")
+    ax = int(args.get("axis", -1)) % x.ndim
+    lead = x.shape[:ax] + x.shape[ax + 1:]
+    if red == "none":
+        if not isinstance(loss, np.ndarray) or loss.shape != lead or loss.dtype != want:
+            return f"loss for reduction='none': {type(loss).__name__} {getattr(loss, 'dtype', '')} {np.shape(loss)}, want {want} {lead}"
+    elif not isinstance(loss, np.floating) or loss.dtype != want:
+        return f"loss for reduction={red!r}: {type(loss).__name__} {getattr(loss, 'dtype', '')}, want a {want} scalar"
+    if grad is not None and (not isinstance(grad, np.ndarray) or grad.shape != x.shape or grad.dtype != want):
+        return f"grad: {type(grad).__name__} {getattr(grad, 'dtype', '')} {np.shape(grad)}, want {want} {x.shape}"
+    return ""
 
 
 def check_rowwise(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> list[Finding]:
