@@ -79,22 +79,22 @@ def test_reference_oracle_rejects_absorbed_softmax_and_accepts_rounding() -> Non
 
 
 def test_every_known_input_kind_is_drawn() -> None:
-    """The strategies reach the odd inputs the fuzzer is for (a drawn sample of specs,
-    searched for each kind)."""
+    """The strategies reach the odd inputs the fuzzer is for (a drawn sample of the loss,
+    sparse and alias sections' cases, searched for each kind)."""
     from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     kinds = ("SparseTargets", "scipy.sparse", "masked_array", "asmatrix", "memmap", "newbyteorder", "as_strided", "offset=1",
              "writeable = False", "out=", "inplace=True", "softcap=", "z_loss=", "label_smoothing=", "ignore_index=", "weight=",
-             "nan", "inf", "tolist()")
+             "nan", "inf", "tolist()", "buffer=buf", "indptr = np.array([0, 1, 10**6])")
     seen: set[str] = set()
+    sections = [fuzz_api.ENTRY_POINTS[n] for n in ("loss", "sparse", "alias")]
 
-    @settings(max_examples=200, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(fuzz_api.ENTRY_POINTS["loss"].strategy)
+    @settings(max_examples=300, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(*[e.strategy for e in sections]))
     def draw(spec: dict) -> None:  # type: ignore[type-arg]
-        src = fuzz_api.ENTRY_POINTS["loss"].build(spec).source()
-        for kind in kinds:
-            if kind in src:
-                seen.add(kind)
+        src = fuzz_api.ENTRY_POINTS[spec["entry"]].build(spec).source()
+        seen.update(kind for kind in kinds if kind in src)
 
     draw()
     assert seen == set(kinds), sorted(set(kinds) - seen)
