@@ -1959,12 +1959,13 @@ def child_main(opts: argparse.Namespace) -> int:
     until = opts.until
     slice_s = opts.slice
     round_no = 0
-    while time.time() < until:
+    while time.time() < until or round_no == 0:
         for section in sections:
-            if time.time() >= until:
-                break
+            if time.time() >= until and round_no > 0:
+                break  # (the first round gives every section its turn, however short the run)
             entry = ENTRY_POINTS[section]
-            end = min(time.time() + slice_s * entry.share, until)
+            end = time.time() + slice_s * entry.share
+            end = end if round_no == 0 else min(end, until)
             def progress(n: int, seconds: float, section: str = section) -> None:
                 stats[section]["cases"] += n
                 stats[section]["seconds"] += seconds
