@@ -386,7 +386,7 @@ def sparse_targets(draw: Any, n: int, k: int) -> dict[str, Any]:
     elif breakage == "indptr-huge":
         indptr[-1] = 10**6
     values = pick(draw, (["none", "float64", "float32", "int64", "bool", "list", ">f8"]))
-    form = pick(draw, (["SparseTargets", "SparseTargets", "csr_matrix", "csr_array", "coo_matrix"]))
+    form = pick(draw, (["SparseTargets", "SparseTargets", "csr_matrix", "csr_array", "coo_matrix", "from_scipy"]))
     idx_dtype = pick(draw, (["int64", "int32", "list", "uint8", "float64", ">i8"]))
     mutation = pick(draw, ([None] * 5 + ["attr-indptr", "attr-indices", "attr-values", "src-indptr", "src-indices",
                                                   "src-values", "attr-array-write"]))
@@ -414,13 +414,15 @@ def sparse_lines(var: str, t: dict[str, Any], k: int) -> list[tuple[str, str]]:
         # scipy checks the structure itself (its own exceptions are not ours to judge)
         n = len(t["indptr"]) - 1
         dv = f"np.ones({nnz})" if vals == "none" else "_v"
-        ctor = form.replace("coo_matrix", "csr_matrix")
+        ctor = "csr_matrix" if form in ("coo_matrix", "from_scipy") else form
         out.append((f"{var} = scipy.sparse.{ctor}(({dv}, np.asarray(_ix), np.asarray(_ip)), shape=({n}, {k}))", "scipy"))
         # scipy trusts a broken structure (and then corrupts the heap itself, e.g. in tocoo):
         # its own check makes such a case a setup error, not a finding
         out.append((f"{var}.check_format(full_check=True)", "scipy"))
         if form == "coo_matrix":
             out.append((f"{var} = {var}.tocoo()", "plain"))
+        if form == "from_scipy":
+            out.append((f"{var} = fx.SparseTargets.from_scipy({var})", "api"))
     m = t["mutation"]
     if m and form == "SparseTargets":
         mut = {
