@@ -1676,7 +1676,9 @@ def jax_traced_error_ok(out: Outcome) -> bool:
     the callback, and reaches the caller as JAX's runtime error around fastxent's own
     named error (a documented limit). Outside jit it must be refused before (oracle a)."""
     inner = re.search(r"\n(TypeError|ValueError|IndexError): (\w+)[:( ]", out.message)
-    return (out.exc_type in ("JaxRuntimeError", "XlaRuntimeError") and out.where == "call" and "jit" in out.variant
+    # (JAX raises it as JaxRuntimeError, or as a plain ValueError "INTERNAL: CpuCallback error ...")
+    return (out.exc_type in ("JaxRuntimeError", "XlaRuntimeError", "ValueError") and "CpuCallback error" in out.message
+            and out.where == "call" and "jit" in out.variant
             and inner is not None and inner.group(2) in ("targets", "logits", "labels", "axis"))
 
 
