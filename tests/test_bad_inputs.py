@@ -486,6 +486,16 @@ def _value_all_ignored_mean(b: str) -> None:
     assert np.all(grad == 0.0)
 
 
+def _value_zero_weight_mean(b: str) -> None:
+    y = np.array([0, 1, -100, 3])
+    for w, z_loss in ((np.zeros(K), 0.0), (np.zeros(K), 1.0), (np.array([1e-320, 0, 0, 0, 0]), 1.0)):
+        loss, grad = f(X.astype(np.float64), y, weight=w, z_loss=z_loss, backend=b)
+        assert grad is not None
+        assert np.isnan(grad[[0, 1, 3]]).all()
+        assert np.all(grad[2] == 0.0)  # the ignored row
+        assert np.isnan(loss) if z_loss == 0.0 else loss == np.inf
+
+
 VALUES: dict[str, Callable[[str], None]] = {
     "neginf-logit-no-target": _value_neginf_logit_no_target,
     "neginf-logit-on-target": _value_neginf_logit_on_target,
@@ -493,6 +503,7 @@ VALUES: dict[str, Callable[[str], None]] = {
     "negative-weight": _value_negative_weight,
     "k1": _value_k1,
     "all-ignored-mean": _value_all_ignored_mean,
+    "zero-weight-mean": _value_zero_weight_mean,
 }
 
 

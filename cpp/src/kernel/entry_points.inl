@@ -36,7 +36,9 @@ double run_loss(const Problem<T>& p) {
   };
   if (p.target_kind == TargetKind::index32) denom = index_denominator(p.index32);
   if (p.target_kind == TargetKind::index64) denom = index_denominator(p.index64);
-  if (p.reduction == Reduction::mean) pr.scale = 1.0 / denom;
+  // A mean over a total weight of 0 (or one so small that 1/denom overflows) has no
+  // gradient: NaN in every counted row, whatever the row's terms (docs/spec.md#reductions).
+  if (p.reduction == Reduction::mean) pr.scale = std::isfinite(1.0 / denom) ? 1.0 / denom : kNaN;
 
   const bool smooth = p.label_smoothing > 0;
   switch (p.target_kind) {
