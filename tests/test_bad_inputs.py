@@ -317,6 +317,11 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
         ValueError,
         r"^targets: sparse matrix of shape \(4, 6\), expected \(4, 5\)",
     ),
+    "sparse-scipy-broken": (
+        lambda b: f(x(), scipy.sparse.csc_matrix((np.ones(2), [0, 7], [0, 1, 2, 2, 2, 2]), shape=(N, K)), backend=b),
+        ValueError,
+        r"^targets: the scipy.sparse csc structure is invalid",
+    ),
     "sparse-indptr": (lambda b: fx.SparseTargets([1, 1], [0]), ValueError, r"^indptr: must start at 0"),
     "sparse-indptr-decreasing": (
         lambda b: fx.SparseTargets([0, 2, 1, 2, 2], [0, 1]), ValueError, r"^indptr: must be non-decreasing"

@@ -75,6 +75,13 @@ class SparseTargets:
     @classmethod
     def from_scipy(cls, matrix: Any) -> SparseTargets:
         """From any scipy.sparse matrix or array (converted to CSR)."""
+        if getattr(matrix, "format", "csr") != "csr" and hasattr(matrix, "check_format"):
+            # scipy's conversion trusts a compressed structure and can write out of
+            # bounds on a broken one; a CSR one goes straight to the checks below.
+            try:
+                matrix.check_format(full_check=True)
+            except (ValueError, IndexError, TypeError) as exc:
+                raise ValueError(f"targets: the scipy.sparse {matrix.format} structure is invalid ({exc})") from None
         csr = matrix.tocsr()
         return cls(csr.indptr, csr.indices, csr.data)
 
