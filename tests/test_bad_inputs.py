@@ -499,6 +499,11 @@ def _value_zero_weight_mean(b: str) -> None:
         assert np.isnan(grad[[0, 1, 3]]).all()
         assert np.all(grad[2] == 0.0)  # the ignored row
         assert np.isnan(loss) if z_loss == 0.0 else loss == np.inf
+    # float32 weights near 1e-40: the sum's reciprocal (~2e39) overflows float32
+    loss, grad = f(X, y, weight=np.full(K, 1e-40), backend=b)
+    assert grad is not None
+    assert np.isnan(grad[[0, 1, 3]]).all()
+    assert np.isfinite(loss)
 
 
 VALUES: dict[str, Callable[[str], None]] = {

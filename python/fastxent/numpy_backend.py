@@ -87,8 +87,9 @@ def softmax_cross_entropy(p: LossProblem) -> float:
         total = float(np.sum(row, dtype=np.float64))
         denom = mean_denominator(p)
         scale = float(np.float64(1.0) / denom) if p.reduction == "mean" else 1.0
-        if not np.isfinite(scale):
-            scale = np.nan  # a mean over a zero total weight has no gradient (docs/spec.md#reductions)
+        with np.errstate(over="ignore"):
+            if not np.isfinite(x.dtype.type(scale)):
+                scale = np.nan  # 1/denominator overflows the dtype: no gradient (docs/spec.md#reductions)
         if p.grad is not None:
             coef = (q_sum + 2 * p.z_loss * lse) / s
             coef[no_softmax] = np.nan

@@ -36,9 +36,10 @@ double run_loss(const Problem<T>& p) {
   };
   if (p.target_kind == TargetKind::index32) denom = index_denominator(p.index32);
   if (p.target_kind == TargetKind::index64) denom = index_denominator(p.index64);
-  // A mean over a total weight of 0 (or one so small that 1/denom overflows) has no
-  // gradient: NaN in every counted row, whatever the row's terms (docs/spec.md#reductions).
-  if (p.reduction == Reduction::mean) pr.scale = std::isfinite(1.0 / denom) ? 1.0 / denom : kNaN;
+  // A mean over a total weight of 0, or one so small that 1/denom overflows the
+  // logits' dtype (the gradient pass scales in it), gets NaN in every counted row
+  // (docs/spec.md#reductions).
+  if (p.reduction == Reduction::mean) pr.scale = std::isfinite(T(1.0 / denom)) ? 1.0 / denom : kNaN;
 
   const bool smooth = p.label_smoothing > 0;
   switch (p.target_kind) {
