@@ -1672,13 +1672,14 @@ def check_torch(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], pr
 
 
 def jax_traced_error_ok(out: Outcome) -> bool:
-    """Under jax.jit the labels are not concrete: a bad label can only be refused inside
-    the callback, and reaches the caller as JAX's runtime error around fastxent's own
-    named error (a documented limit). Outside jit it must be refused before (oracle a)."""
+    """Under jax.jit and jax.vmap the labels are tracers, not concrete: a bad label can
+    only be refused inside the callback, and reaches the caller as JAX's runtime error
+    around fastxent's own named error (a documented limit, docs/spec.md). Outside them
+    it must be refused before (oracle a)."""
     inner = re.search(r"\n(TypeError|ValueError|IndexError): (\w+)[:( ]", out.message)
     # (JAX raises it as JaxRuntimeError, or as a plain ValueError "INTERNAL: CpuCallback error ...")
     return (out.exc_type in ("JaxRuntimeError", "XlaRuntimeError", "ValueError") and "CpuCallback error" in out.message
-            and out.where == "call" and "jit" in out.variant
+            and out.where == "call" and ("jit" in out.variant or "vmap" in out.variant)
             and inner is not None and inner.group(2) in ("targets", "logits", "labels", "axis"))
 
 
