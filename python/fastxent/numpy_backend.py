@@ -81,6 +81,8 @@ def softmax_cross_entropy(p: LossProblem) -> float:
         qt = np.where(q != 0, q * t, 0)  # a q == 0 term adds nothing, even at -inf
         d = qt.sum(axis=1, dtype=np.float64)
         row = q_sum * log_s - d + p.z_loss * lse * lse
+        no_mass = ~np.isfinite(q_sum.astype(x.dtype))  # a +-inf/NaN target, or a sum beyond the dtype
+        no_softmax |= no_mass
         row[no_softmax | np.isnan(s)] = np.nan
         ignored = ignored_rows(p)
         row[ignored] = 0

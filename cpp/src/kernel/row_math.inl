@@ -233,7 +233,9 @@ struct RowKernel {
       q += qj;
       d += qj * (double(capped_one(x_row(i)[j])) - m);
     });
-    if (nan || m == -kInf || !(s > 0)) {  // no softmax for this row
+    // No softmax (NaN, +inf or all -inf logits), or no finite target mass (a +-inf or
+    // NaN target, or a sum beyond the dtype): a NaN row (docs/spec.md#conventions).
+    if (nan || m == -kInf || !(s > 0) || !std::isfinite(T(q))) {
       r.loss = kNaN;
       r.coef = kNaN;
       r.shift = 0;
