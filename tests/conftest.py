@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
 
 import fastxent as fx
+import fastxent.api
 
 SUPPORTED_SIMD = fx.backend_info().get("supported_simd") or []
 
@@ -55,3 +57,17 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def api_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of fastxent.api.softmax_cross_entropy (what the adapters call)."""
+    calls: list[int] = []
+    real = fastxent.api.softmax_cross_entropy
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fastxent.api, "softmax_cross_entropy", counting)
+    return calls
