@@ -94,7 +94,7 @@ def softmax_cross_entropy(p: LossProblem) -> float:
                 scale = np.nan  # 1/denominator overflows the dtype: no gradient (docs/spec.md#reductions)
         if p.grad is not None:
             coef = (q_sum + 2 * p.z_loss * lse) / s
-            coef[no_softmax] = np.nan
+            coef[no_softmax | ~np.isfinite(coef)] = np.nan  # an overflowing coefficient: no gradient
             g = (e * (coef * scale).astype(x.dtype)[:, None] - q * x.dtype.type(scale)).astype(x.dtype)
             if p.softcap > 0:
                 g *= 1 - th * th

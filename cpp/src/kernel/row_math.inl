@@ -250,6 +250,7 @@ struct RowKernel {
     r.lse = m + log_s;
     r.loss = q * log_s - d + z * r.lse * r.lse;
     r.coef = (q + 2 * z * r.lse) / s;
+    if (!std::isfinite(r.coef)) r.coef = kNaN;  // e.g. z_loss * lse beyond double: no gradient (docs/spec.md#conventions)
     return r;
   }
 
