@@ -74,6 +74,15 @@ const E* vector_data(const py::array& a, int64_t n, const char* name) {
   return static_cast<const E*>(a.data());
 }
 
+// Row statistics: (N, kRowStatsWidth) contiguous values of type T.
+template <class T>
+const T* stats_data(const py::array& a, int64_t rows, const char* name) {
+  if (!is_dtype<T>(a) || a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != fastxent::kRowStatsWidth ||
+      !(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": internal: expected (N, 4) contiguous values of the logits' dtype");
+  return static_cast<const T*>(a.data());
+}
+
 // Reads the record into Problem<T>: the one place that knows both sides' names.
 template <class T>
 Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row_loss, py::object& grad) {
@@ -126,6 +135,17 @@ Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row
     p.grad_row_stride = row_stride<T>(g, "grad");
     if (g.shape(0) != p.rows || g.shape(1) != p.classes) throw py::value_error("grad: internal: shape mismatch");
     p.grad = mutable_data<T>(g, "grad");
+  }
+  if (!is_none(rec, "row_grad_scale"))
+    p.row_grad_scale = vector_data<T>(array_field(rec, "row_grad_scale"), p.rows, "row_grad_scale");
+  if (!is_none(rec, "row_stats")) {
+    py::array st = array_field(rec, "row_stats");
+    p.row_stats = mutable_data<T>(st, "row_stats");
+    stats_data<T>(st, p.rows, "row_stats");
+  }
+  if (!is_none(rec, "given_stats")) {
+    p.given_stats = stats_data<T>(array_field(rec, "given_stats"), p.rows, "given_stats");
+    if (p.grad == nullptr) throw py::value_error("given_stats: internal: a gradient-only call needs grad");
   }
   return p;
 }

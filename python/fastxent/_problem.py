@@ -39,13 +39,16 @@ class LossProblem:
         "class_index",
         "dense_targets",
         "grad",
+        "given_stats",
         "grad_result",
         "ignore_index",
         "label_smoothing",
         "lead_shape",
         "logits",
         "reduction",
+        "row_grad_scale",
         "row_loss",
+        "row_stats",
         "softcap",
         "sparse_indices",
         "sparse_indptr",
@@ -87,6 +90,10 @@ class LossProblem:
         self.softcap = options.softcap  # 0.0 = off
         self.row_loss = row_loss  # written: (N,) logits' dtype, contiguous
         self.grad = grad  # written: (N, K) logits' dtype, or None for the loss only
+        # docs/spec.md#row-statistics; set after construction by the callers that use them
+        self.row_grad_scale: np.ndarray | None = None  # (N,) logits' dtype: per-row gradient multiplier
+        self.row_stats: np.ndarray | None = None  # written when set: (N, 4) [M, log S, Q, D]
+        self.given_stats: np.ndarray | None = None  # read when set: gradient only, from these (N, 4)
         # Python only: the gradient as returned (logits' layout), the loss's shape for "none"
         self.grad_result = grad_result
         self.lead_shape = lead_shape

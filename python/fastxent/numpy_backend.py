@@ -59,47 +59,81 @@ def mean_denominator(p: LossProblem) -> float:
     return float(np.sum(p.weight[keep], dtype=np.float64))
 
 
+def _row_scale(p: LossProblem, scale: float) -> np.ndarray:
+    """The reduction's scale times each row's own multiplier, in double (N,)."""
+    n = p.logits.shape[0]
+    if p.row_grad_scale is None:
+        return np.full(n, scale)
+    return scale * p.row_grad_scale.astype(np.float64)
+
+
+def _gradient(p: LossProblem, e: np.ndarray, coef: np.ndarray, q: np.ndarray, row_scale: np.ndarray,
+              th: np.ndarray | None, ignored: np.ndarray) -> np.ndarray:
+    """g = row_scale * dx~/dx * (e * coef - q), rounded as the kernels round it."""
+    dtype = p.logits.dtype
+    g = e * (coef * row_scale).astype(dtype)[:, None] - q * row_scale.astype(dtype)[:, None]
+    g = g.astype(dtype)
+    if th is not None:
+        g *= 1 - th * th
+    g[ignored] = 0
+    return g
+
+
 def softmax_cross_entropy(p: LossProblem) -> float:
-    """Writes p.row_loss (and p.grad when set); returns the reduced loss."""
+    """Writes p.row_loss (and p.grad when set, p.row_stats when set); returns the
+    reduced loss. With p.given_stats, writes the gradient only, returns 0."""
     with np.errstate(all="ignore"):  # NaN / inf rows are part of the contract
         x = p.logits
-        if p.softcap > 0:
-            th = np.tanh(x / x.dtype.type(p.softcap))
-            xt = th * x.dtype.type(p.softcap)
-        else:
-            xt = x
-        m = xt.max(axis=1, keepdims=True) if xt.shape[0] else np.zeros((0, 1), x.dtype)
+        dtype = x.dtype
+        th = np.tanh(x / dtype.type(p.softcap)) if p.softcap > 0 else None
+        xt = th * dtype.type(p.softcap) if th is not None else x
+        q = effective_targets(p)
+        ignored = ignored_rows(p)
+        denom = mean_denominator(p)
+        scale = float(np.float64(1.0) / denom) if p.reduction == "mean" else 1.0
+        with np.errstate(over="ignore"):
+            if not np.isfinite(dtype.type(scale)):
+                scale = np.nan  # 1/denominator overflows the dtype: no gradient (docs/spec.md#reductions)
+        row_scale = _row_scale(p, scale)
+
+        if p.given_stats is not None:  # the gradient alone, from the given statistics
+            assert p.grad is not None
+            st = p.given_stats.astype(np.float64)
+            m, log_s, q_sum = st[:, 0], st[:, 1], st[:, 2]
+            bad = ~np.isfinite(m) | np.isnan(log_s) | ~np.isfinite(q_sum.astype(dtype))
+            m = np.where(bad, 0, m)
+            e = np.exp(xt - m.astype(dtype)[:, None])
+            coef = (q_sum + 2 * p.z_loss * (m + log_s)) * np.exp(-log_s)
+            coef[bad | ~np.isfinite(coef)] = np.nan
+            p.grad[...] = _gradient(p, e, coef, q, row_scale, th, ignored)
+            return 0.0
+
+        m = xt.max(axis=1, keepdims=True) if xt.shape[0] else np.zeros((0, 1), dtype)
         no_softmax = ~np.isfinite(m[:, 0])  # NaN, +inf, or all -inf
-        shift = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+        shift = np.where(np.isfinite(m), m, 0).astype(dtype)
         t = xt - shift
         e = np.exp(t)
         s = e.sum(axis=1, dtype=np.float64)
         log_s = np.log(s)
         lse = shift[:, 0] + log_s
-        q = effective_targets(p)
         q_sum = q.sum(axis=1, dtype=np.float64)
         qt = np.where(q != 0, q * t, 0)  # a q == 0 term adds nothing, even at -inf
         d = qt.sum(axis=1, dtype=np.float64)
         row = q_sum * log_s - d + p.z_loss * lse * lse
-        no_mass = ~np.isfinite(q_sum.astype(x.dtype))  # a +-inf/NaN target, or a sum beyond the dtype
-        no_softmax |= no_mass
-        row[no_softmax | np.isnan(s)] = np.nan
-        ignored = ignored_rows(p)
+        no_mass = ~np.isfinite(q_sum.astype(dtype))  # a +-inf/NaN target, or a sum beyond the dtype
+        no_softmax |= no_mass | np.isnan(s)
+        row[no_softmax] = np.nan
         row[ignored] = 0
         total = float(np.sum(row, dtype=np.float64))
-        denom = mean_denominator(p)
-        scale = float(np.float64(1.0) / denom) if p.reduction == "mean" else 1.0
-        with np.errstate(over="ignore"):
-            if not np.isfinite(x.dtype.type(scale)):
-                scale = np.nan  # 1/denominator overflows the dtype: no gradient (docs/spec.md#reductions)
         if p.grad is not None:
             coef = (q_sum + 2 * p.z_loss * lse) / s
             coef[no_softmax | ~np.isfinite(coef)] = np.nan  # an overflowing coefficient: no gradient
-            g = (e * (coef * scale).astype(x.dtype)[:, None] - q * x.dtype.type(scale)).astype(x.dtype)
-            if p.softcap > 0:
-                g *= 1 - th * th
-            g[ignored] = 0
-            p.grad[...] = g
+            p.grad[...] = _gradient(p, e, coef, q, row_scale, th, ignored)
+        if p.row_stats is not None:
+            stats = np.stack([shift[:, 0].astype(np.float64), log_s, q_sum, d], axis=1)
+            stats[no_softmax] = [0, np.nan, np.nan, np.nan]
+            stats[ignored] = 0
+            p.row_stats[...] = stats
         p.row_loss[...] = row
         return float(np.float64(total) / denom) if p.reduction == "mean" else total
 

@@ -66,7 +66,31 @@ struct Problem {
   T* row_loss = nullptr;
   T* grad = nullptr;
   int64_t grad_row_stride = 0;
+
+  // Per-row multiplier of the gradient on top of the reduction's (a cotangent:
+  // the backward pass of a framework), row_grad_scale[i * stride], or nullptr for 1.
+  const T* row_grad_scale = nullptr;
+  int64_t row_grad_scale_stride = 1;
+
+  // Row statistics (docs/spec.md#row-statistics), kRowStatsWidth values per row:
+  //   [M, log S, Q, D] with M the row max of x~, S = sum_j exp(x~_j - M),
+  //   Q = sum_j q_j and D = sum_j q_j (x~_j - M), so that
+  //   loss = Q log S - D + z_loss (M + log S)^2.
+  // A row with no softmax (NaN, +inf or all -inf logits) has M = 0, log S = NaN;
+  // an ignored row all zeros.
+  // row_stats: when non-null, written for every row beside row_loss (N x 4, contiguous).
+  T* row_stats = nullptr;
+  // given_stats: when non-null, the call computes the gradient only (grad must be
+  // set; row_loss is not written, the return value is 0), from these statistics
+  // instead of a statistics pass: one read of the logits and one write of the
+  // gradient, the backward pass of a forward that kept only the statistics. M,
+  // log S and Q are read (D is not needed). Statistics of the same logits,
+  // targets and options give the fused call's gradient to within rounding.
+  const T* given_stats = nullptr;
 };
+
+// Values per row of Problem::row_stats / given_stats.
+constexpr int64_t kRowStatsWidth = 4;
 
 // Computes row losses and (optionally) the gradient of the reduced loss.
 // Returns the reduced loss ("sum" or "mean"; for "none" the sum, unused).

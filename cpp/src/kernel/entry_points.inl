@@ -9,7 +9,8 @@ void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) 
   const bool weight = pr.p->weight != nullptr, softcap = pr.p->softcap > 0;
   auto go = [&](auto w, auto c) {
     RowKernel<T, kDense, kSmooth, decltype(w)::value, decltype(c)::value> kern{pr};
-    drive(kern, entries, row_loss);
+    if (pr.p->given_stats) drive_given(kern, entries);
+    else drive(kern, entries, row_loss);
   };
   using F = std::false_type;
   using Tr = std::true_type;
@@ -65,6 +66,7 @@ double run_loss(const Problem<T>& p) {
       break;
     }
   }
+  if (p.given_stats) return 0;  // a gradient only: no loss was computed
   // Fixed order, double accumulator: the same value for every thread count.
   double total = 0;
   for (int64_t i = 0; i < p.rows; ++i) total += double(p.row_loss[i]);

@@ -35,6 +35,9 @@ struct RowResult {
   double coef;   // (sum q + 2 z lse) / S, NaN for a row with no softmax
   double lse;    // M + log S
   double log_s;  // log S itself: lse - M would round at the scale of M
+  double q;      // Q = sum q, D = sum q (x~ - M): the row statistics' last two
+  double d;
+  double scale;  // d(reduced loss) / d(row loss), times the row's own multiplier
   bool ignored;
 };
 
@@ -73,6 +76,12 @@ struct RowKernel {
   const Params<T>& pr;
 
   const T* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
+
+  // The reduction's scale times the row's own gradient multiplier, if any.
+  double row_scale(int64_t i) const {
+    const Problem<T>& p = *pr.p;
+    return p.row_grad_scale ? pr.scale * double(p.row_grad_scale[i * p.row_grad_scale_stride]) : pr.scale;
+  }
   const T* y_row(int64_t i) const { return pr.p->dense_targets + i * pr.p->targets_row_stride; }
 
   // Loads lanes [0, L) of p, or its first n lanes and `fill` elsewhere (kFull false).
@@ -233,6 +242,9 @@ struct RowKernel {
       q += qj;
       d += qj * (double(capped_one(x_row(i)[j])) - m);
     });
+    r.q = q;
+    r.d = d;
+    r.scale = row_scale(i);
     // No softmax (NaN, +inf or all -inf logits), or no finite target mass (a +-inf or
     // NaN target, or a sum beyond the dtype): a NaN row (docs/spec.md#conventions).
     if (nan || m == -kInf || !(s > 0) || !std::isfinite(T(q))) {
@@ -241,6 +253,7 @@ struct RowKernel {
       r.shift = 0;
       r.lse = kNaN;
       r.log_s = kNaN;
+      r.q = r.d = kNaN;  // the statistics of a NaN row: M = 0, the rest NaN
       return r;
     }
     const double log_s = std::log(s);
@@ -251,6 +264,47 @@ struct RowKernel {
     r.loss = q * log_s - d + z * r.lse * r.lse;
     r.coef = (q + 2 * z * r.lse) / s;
     if (!std::isfinite(r.coef)) r.coef = kNaN;  // e.g. z_loss * lse beyond double: no gradient (docs/spec.md#conventions)
+    return r;
+  }
+
+  // Writes row i's statistics [M, log S, Q, D] (Problem::row_stats).
+  void store_stats(int64_t i, const RowResult& r) const {
+    T* out = pr.p->row_stats + i * kRowStatsWidth;
+    if (r.ignored) {
+      std::fill(out, out + kRowStatsWidth, T(0));
+      return;
+    }
+    out[0] = T(r.shift);
+    out[1] = T(r.log_s);
+    out[2] = T(r.q);
+    out[3] = T(r.d);
+  }
+
+  // Row i's gradient coefficients from given statistics (Problem::given_stats)
+  // instead of a statistics pass: what combine() gives, less the loss.
+  template <class Entries>
+  RowResult result_from_stats(int64_t i, const Entries& entries) const {
+    RowResult r{};
+    if (entries.ignored(i)) {
+      r.ignored = true;
+      return r;
+    }
+    const T* st = pr.p->given_stats + i * kRowStatsWidth;
+    const double m = double(st[0]), log_s = double(st[1]), q = double(st[2]);
+    r.scale = row_scale(i);
+    r.q = q;
+    r.loss = kNaN;  // not computed
+    if (!std::isfinite(m) || std::isnan(log_s) || !std::isfinite(T(q))) {
+      r.coef = kNaN;
+      r.shift = 0;
+      r.lse = r.log_s = kNaN;
+      return r;
+    }
+    r.shift = m;
+    r.log_s = log_s;
+    r.lse = m + log_s;
+    r.coef = (q + 2 * pr.p->z_loss * r.lse) * std::exp(-log_s);
+    if (!std::isfinite(r.coef)) r.coef = kNaN;
     return r;
   }
 
@@ -287,9 +341,9 @@ struct RowKernel {
     }
     double c = 0;  // an all -inf block has e == 0: only -q remains
     if (std::isnan(r.coef)) c = kNaN;
-    else if (st.max != -kInf) c = r.coef * pr.scale * std::exp(st.ref - r.shift);
+    else if (st.max != -kInf) c = r.coef * r.scale * std::exp(st.ref - r.shift);
     const V coef = V::set1(T(c));
-    const V scale = V::set1(T(pr.scale));
+    const V scale = V::set1(T(r.scale));
     const V cap = V::set1(pr.softcap);
     const T* x = x_row(i);
     const DenseQ dq = dense_q(i);
@@ -299,6 +353,34 @@ struct RowKernel {
       if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
       else gv = load_n<kFull>(e + j, n, T(0)) * coef;
       if constexpr (kSoftcap) gv = gv * cap_slope(load_n<kFull>(x + j, n, T(0)), cap);
+      return gv;
+    }, stream);
+  }
+
+  // The same gradient for one block from the row's given statistics: the
+  // exponentials come from the logits (exp(x~ - M) / S), not from a scratch row.
+  // g may be the logits (in place): each element is read before it is written.
+  void block_grad_given(int64_t i, int64_t blk, const RowResult& r, T* g, bool stream) const {
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    if (r.ignored) {
+      std::fill(g + j0, g + j1, T(0));
+      return;
+    }
+    const V coef = V::set1(T(std::isnan(r.coef) ? kNaN : r.coef * r.scale));
+    const V scale = V::set1(T(r.scale));
+    const V shift = V::set1(T(r.shift));
+    const V cap = V::set1(pr.softcap);
+    const T* x = x_row(i);
+    const DenseQ dq = dense_q(i);
+    store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const V xv = load_n<kFull>(x + j, n, T(0));
+      // vexp, not vexp_nonpos: given statistics are not known to bound the row.
+      const V e = vexp(capped<kSoftcap>(xv, cap) - shift);
+      V gv;
+      if constexpr (kSmooth) gv = fmsub(e, coef, dq.template at<kFull>(j, n) * scale);
+      else gv = e * coef;
+      if constexpr (kSoftcap) gv = gv * cap_slope(xv, cap);
       return gv;
     }, stream);
   }
@@ -318,7 +400,7 @@ struct RowKernel {
     out.clear();
     if (r.ignored) return;
     entries.for_each(i, [&](int64_t j, double qj) {
-      double c = -pr.scale * qj;
+      double c = -r.scale * qj;
       // The same slope as the vector pass's, so that at a class where softmax
       // is exactly q the two parts cancel exactly.
       if constexpr (kSoftcap) c *= double(reduce_max(cap_slope(V::set1(x_row(i)[j]), V::set1(pr.softcap))));

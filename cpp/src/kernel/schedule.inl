@@ -40,6 +40,7 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
           for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, e);
         RowResult r = kern.combine(i, stats.data(), nb, entries);
         row_loss[i] = T(r.loss);
+        if (p.row_stats) kern.store_stats(i, r);
         if (!want_grad) continue;
         kern.entry_corrections(i, r, entries, corr);
         T* g = kern.grad_row(i);
@@ -76,6 +77,7 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
   for (int64_t i = 0; i < n; ++i) {
     results[size_t(i)] = kern.combine(i, stats.data() + i * nb, nb, entries);
     row_loss[i] = T(results[size_t(i)].loss);
+    if (p.row_stats) kern.store_stats(i, results[size_t(i)]);
     if (want_grad) kern.entry_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
   }
   if (!want_grad) return;
@@ -83,6 +85,52 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
     for (int64_t t = t0; t < t1; ++t)
       kern.block_grad(t / nb, t % nb, results[size_t(t / nb)], stats[size_t(t)], exps.data() + (t / nb) * k,
                       kern.grad_row(t / nb), stream);
+    if (stream) V::stream_fence();
+  };
+  detail::parallel_for(n * nb, grad_body);
+  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i));
+}
+
+// The gradient alone, from given row statistics (Problem::given_stats): no
+// statistics pass, no scratch row, one read of the logits and one write. Every
+// element depends only on its row's statistics, so any split gives the same bits.
+template <class K, class Entries>
+void drive_given(const K& kern, const Entries& entries) {
+  using T = typename K::V::value_type;
+  using V = typename K::V;
+  const Problem<T>& p = *kern.pr.p;
+  const int64_t n = p.rows, k = p.classes, nb = num_blocks(k);
+  // Many entries per row would read streamed lines back: plain stores then.
+  const bool stream = !Entries::kMany && n * k * int64_t(sizeof(T)) >= kStreamBytes;
+  const int threads = n * k < kMinParallelElements ? 1 : num_threads();
+
+  if (n >= threads || nb == 1) {
+    auto body = [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<T> corr;
+      for (int64_t i = r0; i < r1; ++i) {
+        const RowResult r = kern.result_from_stats(i, entries);
+        kern.entry_corrections(i, r, entries, corr);  // before an in-place write replaces the logits
+        T* g = kern.grad_row(i);
+        for (int64_t b = 0; b < nb; ++b) kern.block_grad_given(i, b, r, g, stream);
+        kern.apply_corrections(i, r, entries, corr, g);
+      }
+      if (stream) V::stream_fence();
+    };
+    if (threads == 1) body(0, n);
+    else detail::parallel_for(n, body);
+    return;
+  }
+
+  // Few rows, many columns: the blocks of each row across threads.
+  std::vector<RowResult> results(static_cast<size_t>(n));
+  std::vector<std::vector<T>> corr(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    results[size_t(i)] = kern.result_from_stats(i, entries);
+    kern.entry_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+  }
+  auto grad_body = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      kern.block_grad_given(t / nb, t % nb, results[size_t(t / nb)], kern.grad_row(t / nb), stream);
     if (stream) V::stream_fence();
   };
   detail::parallel_for(n * nb, grad_body);
