@@ -12,6 +12,9 @@
 #include <unordered_map>
 
 #include "fastxent/fastxent.hpp"
+#if defined(FASTXENT_HAVE_XLA_FFI)
+#include "xla_ffi.hpp"
+#endif
 
 namespace py = pybind11;
 using fastxent::Problem;
@@ -243,6 +246,16 @@ py::dict info() {
   return d;
 }
 
+// name -> PyCapsule of the XLA FFI handler, for jax.ffi.register_ffi_target; empty
+// when this build has no handlers.
+py::dict xla_ffi_targets() {
+  py::dict d;
+#if defined(FASTXENT_HAVE_XLA_FFI)
+  for (const auto& t : fastxent_xla::targets()) d[t.name] = py::capsule(t.handler);
+#endif
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -251,6 +264,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("rowwise", &rowwise);
   m.def("vector_exp", &vector_exp);
   m.def("info", &info);
+  m.def("xla_ffi_targets", &xla_ffi_targets);
   m.def("set_num_threads", [](int n) { fastxent::set_num_threads(n); });
   m.def("set_simd", [](const std::string& name) { fastxent::set_active_isa(supported_isa(name)); });
 }

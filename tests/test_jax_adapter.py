@@ -1,9 +1,15 @@
-"""fastxent.jax against optax's own functions: values and vector-Jacobian products with
-random cotangents, under jit, grad and vmap (batched and unbatched arguments)."""
+"""fastxent.jax against optax's own functions: values, vector-Jacobian and
+Jacobian-vector products with random cotangents and tangents, under jit, grad, jvp,
+jacfwd and vmap (batched and unbatched arguments), tuple axes and ``where``; on the
+XLA FFI path (the lowered HLO holds fastxent's custom calls and no callback) and on
+the pure_callback fallback alike (the `path` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -12,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-import fastxent.api
+import fastxent.jax as fxjax
 from fastxent.jax import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
@@ -45,22 +51,27 @@ def _close(a: Any, b: Any, **tol: float) -> None:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), **(tol or TOL))
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    calls: list[tuple[int, ...]] = []
-    real = fastxent.api.softmax_cross_entropy
+@pytest.fixture(params=["ffi", "callback"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test on the XLA FFI targets and on the pure_callback fallback (the tests
+    without it run on the FFI targets: the fallback shares all but the two calls)."""
+    if request.param == "ffi" and not fxjax.FFI_AVAILABLE:
+        pytest.fail("this build of fastxent has no XLA FFI handlers: fastxent.jax would be slow")
+    monkeypatch.setattr(fxjax, "FFI_AVAILABLE", request.param == "ffi")
+    jax.clear_caches()  # traces made on the other path must not be reused
+    yield str(request.param)
+    jax.clear_caches()
 
-    def counting(logits: np.ndarray, *a: Any, **kw: Any) -> Any:
-        calls.append(logits.shape)
-        return real(logits, *a, **kw)
 
-    monkeypatch.setattr(fastxent.api, "softmax_cross_entropy", counting)
-    return calls
+def _custom_calls(f: Callable[..., Any], *args: Any) -> list[str]:
+    """The custom-call targets in f's lowered HLO, in order."""
+    text = jax.jit(f).lower(*args).as_text()
+    return re.findall(r"custom_call @(\w+)", text)
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
 @pytest.mark.parametrize("shape", [(K,), (6, K), (2, 3, K)], ids=str)
-def test_values_and_vjp_match_optax(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> None:
+def test_values_and_vjp_match_optax(kind: str, shape: tuple[int, ...], path: str, rng: np.random.Generator) -> None:
     ours, theirs = PAIRS[kind]
     x, y = _logits(shape, rng), _labels(kind, shape, rng)
     loss, vjp = jax.vjp(lambda a: ours(a, y), x)
@@ -94,9 +105,7 @@ def test_class_axis(kind: str, axis: int, rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
-def test_jit_grad_calls_the_kernel_once(
-    kind: str, rng: np.random.Generator, kernel_calls: list[tuple[int, ...]]
-) -> None:
+def test_jit_value_and_grad_is_two_kernel_calls(kind: str, path: str, rng: np.random.Generator) -> None:
     ours, theirs = PAIRS[kind]
     x, y = _logits((8, K), rng), _labels(kind, (8, K), rng)
 
@@ -107,18 +116,87 @@ def test_jit_grad_calls_the_kernel_once(
     ref_loss, ref_g = jax.value_and_grad(objective(theirs))(x)
     _close(loss, ref_loss)
     _close(g, ref_g)
-    # the backward pass reuses the forward's gradient: one kernel call for both
-    assert kernel_calls == [(8, K)]
     _close(jax.jit(ours)(x, y), theirs(x, y))
+    # The forward pass keeps row statistics, the backward pass is one call that writes
+    # cotangent x gradient: nothing else of N x K size, and no Python in the graph.
+    calls = _custom_calls(jax.value_and_grad(objective(ours)), x)
+    if path == "ffi":
+        assert calls == ["fastxent_loss_stats", "fastxent_grad_from_stats"]
+    else:
+        assert len(calls) == 2 and all("callback" in c for c in calls), calls
+    assert _custom_calls(lambda a: ours(a, y), x) == (["fastxent_loss_stats"] if path == "ffi" else calls[:1])
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
-def test_vmap(kind: str, rng: np.random.Generator, kernel_calls: list[tuple[int, ...]]) -> None:
+def test_forward_mode_matches_optax(kind: str, path: str, rng: np.random.Generator) -> None:
+    ours, theirs = PAIRS[kind]
+    x, y = _logits((5, K), rng), _labels(kind, (5, K), rng)
+    dx = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    out, tangent = jax.jvp(lambda a: ours(a, y), (x,), (dx,))
+    ref_out, ref_tangent = jax.jvp(lambda a: theirs(a, y), (x,), (dx,))
+    _close(out, ref_out)
+    _close(tangent, ref_tangent)
+    _close(jax.jacfwd(lambda a: ours(a, y))(x), jax.jacfwd(lambda a: theirs(a, y))(x))
+    _close(jax.jit(jax.jacfwd(lambda a: ours(a, y).sum()))(x), jax.grad(lambda a: theirs(a, y).sum())(x))
+    # reverse over the same rule: jacrev agrees too
+    _close(jax.jacrev(lambda a: ours(a, y))(x), jax.jacrev(lambda a: theirs(a, y))(x))
+    if kind == "dense":  # tangents in the labels (and in both at once)
+        dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        _close(jax.jvp(ours, (x, y), (dx, dy))[1], jax.jvp(theirs, (x, y), (dx, dy))[1])
+        _close(jax.jacfwd(ours, argnums=1)(x, y), jax.jacfwd(theirs, argnums=1)(x, y))
+
+
+def test_second_derivatives_are_refused(rng: np.random.Generator) -> None:
+    # Not provided (docs/spec.md#jax): an error, never a wrong Hessian.
+    x, y = _logits((3, K), rng), _labels("integer", (3, K), rng)
+    with pytest.raises(Exception, match="second derivatives|cannot be differentiated|Pure callbacks do not support"):
+        jax.hessian(lambda a: softmax_cross_entropy_with_integer_labels(a, y).sum())(x)
+
+
+@pytest.mark.parametrize("kind", list(PAIRS))
+@pytest.mark.parametrize("axis", [(1, 2), (2, 1), (0, 2), (-1,)], ids=str)
+def test_tuple_of_class_axes(kind: str, axis: tuple[int, ...], rng: np.random.Generator) -> None:
+    ours, theirs = PAIRS[kind]
+    x = _logits((4, 3, 5), rng)
+    lead = tuple(s for d, s in enumerate(x.shape) if d not in {a % 3 for a in axis})
+    k = int(np.prod([x.shape[a] for a in axis]))
+    y = jnp.asarray(rng.integers(0, k, lead), jnp.int32) if kind == "integer" else _labels(kind, x.shape, rng)
+    _close(ours(x, y, axis=axis), theirs(x, y, axis=axis))
+    ct = jnp.asarray(rng.standard_normal(lead), jnp.float32)
+    _close(jax.grad(lambda a: jnp.vdot(ours(a, y, axis=axis), ct))(x),
+           jax.grad(lambda a: jnp.vdot(theirs(a, y, axis=axis), ct))(x))
+
+
+@pytest.mark.parametrize("kind", list(PAIRS))
+@pytest.mark.parametrize("per_example", [False, True])
+def test_where(kind: str, per_example: bool, rng: np.random.Generator) -> None:
+    ours, theirs = PAIRS[kind]
+    x, y = _logits((6, K), rng), _labels(kind, (6, K), rng)
+    if per_example:
+        where = jnp.asarray([True, False, True, True, False, True])
+    else:
+        w = rng.random((6, K)) < 0.6
+        w[1] = False  # a row with no class included: loss 0, as optax
+        if kind == "integer":
+            w[np.arange(6), np.asarray(y)] = True  # (a label on an excluded class: docs/spec.md#jax)
+            w[1] = False
+        where = jnp.asarray(w)
+    _close(ours(x, y, where=where), theirs(x, y, where=where))
+    ct = jnp.asarray(rng.standard_normal(6), jnp.float32)
+    g = jax.jit(jax.grad(lambda a: jnp.vdot(ours(a, y, where=where), ct)))(x)
+    _close(g, jax.grad(lambda a: jnp.vdot(theirs(a, y, where=where), ct))(x))
+
+
+@pytest.mark.parametrize("kind", list(PAIRS))
+def test_vmap(kind: str, path: str, rng: np.random.Generator) -> None:
     ours, theirs = PAIRS[kind]
     x, y = _logits((4, 3, K), rng), _labels(kind, (4, 3, K), rng)
     # batched logits and labels: one kernel call over the whole batch, not one per example
     _close(jax.vmap(ours)(x, y), theirs(x, y))
-    assert kernel_calls == [(4, 3, K)]
+    hlo = jax.jit(jax.vmap(ours)).lower(x, y).as_text()
+    assert len(re.findall(r"custom_call @", hlo)) == 1
+    if path == "ffi":
+        assert re.search(r"custom_call @fastxent_loss_stats\(.*tensor<4x3x11xf32>", hlo)
     # unbatched labels, and a batch dimension that is not the leading one
     y0 = y[0]
     _close(jax.vmap(ours, in_axes=(0, None))(x, y0), jax.vmap(theirs, in_axes=(0, None))(x, y0))
@@ -134,7 +212,7 @@ def test_vmap(kind: str, rng: np.random.Generator, kernel_calls: list[tuple[int,
 
 
 @pytest.mark.parametrize("kind", list(PAIRS))
-def test_float64(kind: str, rng: np.random.Generator) -> None:
+def test_float64(kind: str, path: str, rng: np.random.Generator) -> None:
     ours, theirs = PAIRS[kind]
     with jax.enable_x64(True):
         x = jnp.asarray(3 * rng.standard_normal((5, K)), jnp.float64)
@@ -159,14 +237,56 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="labels"):
         softmax_cross_entropy(x, jnp.zeros((3, K + 1)))
     with pytest.raises(TypeError, match="axis"):
-        softmax_cross_entropy(x, jnp.zeros((3, K)), axis=(0, 1))  # type: ignore[arg-type]
+        softmax_cross_entropy(x, jnp.zeros((3, K)), axis=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="axis: repeated"):
+        softmax_cross_entropy(x, jnp.zeros((3, K)), axis=(1, -1))
+    with pytest.raises(TypeError, match="where"):
+        softmax_cross_entropy(x, jnp.zeros((3, K)), where=jnp.ones((3, K)))
+    with pytest.raises(ValueError, match="where"):
+        softmax_cross_entropy(x, jnp.zeros((3, K)), where=jnp.ones((4,), bool))
     with pytest.raises(ValueError, match="axis"):
         softmax_cross_entropy(x, jnp.zeros((3, K)), axis=2)
     # Concrete labels out of range and an empty class axis are caught before the
-    # kernel runs (from inside the callback they would reach the caller as XLA errors).
+    # kernel runs, with Python's exceptions.
     with pytest.raises(IndexError, match="^labels: class index 99 is out of range for 11 classes"):
         softmax_cross_entropy_with_integer_labels(x, jnp.array([0, 99, 1]))
     with pytest.raises(IndexError, match="^labels: class index -1 is out of range"):
         softmax_cross_entropy_with_integer_labels(x, jnp.array([0, -1, 1]))
-    with pytest.raises(ValueError, match=r"^logits: the class axis \(0\) has length 0"):
+    with pytest.raises(ValueError, match=r"^logits: the class axis 0 has length 0"):
         softmax_cross_entropy(jnp.zeros((0, 4)), jnp.zeros((0, 4)), 0)
+
+
+def test_traced_bad_labels_are_an_error_not_a_bad_read(path: str) -> None:
+    # Under jit the labels are not concrete: the kernel checks them and XLA raises.
+    x = jnp.zeros((3, K))
+    f = jax.jit(softmax_cross_entropy_with_integer_labels)
+    for bad in (99, -1):
+        with pytest.raises(Exception, match=f"(labels|targets): class index {bad} is out of range for 11 classes"):
+            jax.block_until_ready(f(x, jnp.array([0, bad, 1])))
+
+
+def test_empty_batch(path: str, rng: np.random.Generator) -> None:
+    for kind, (ours, theirs) in PAIRS.items():
+        x, y = _logits((0, K), rng), _labels(kind, (0, K), rng)
+        assert ours(x, y).shape == (0,)
+        assert jax.jit(jax.grad(lambda a: ours(a, y).sum()))(x).shape == (0, K)
+
+
+def test_missing_handlers_fall_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoHandlers:
+        @staticmethod
+        def xla_ffi_targets() -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(fxjax._backend, "core_or_none", lambda: NoHandlers())
+    with pytest.warns(RuntimeWarning, match="pure_callback"):
+        assert fxjax._register_ffi_targets() is False
+
+
+def test_import_without_jax_and_registration_in_a_fresh_process() -> None:
+    # import fastxent never imports jax; fastxent.jax registers the targets silently.
+    code = (
+        "import sys, warnings; warnings.simplefilter('error'); import fastxent; "
+        "assert 'jax' not in sys.modules; import fastxent.jax as f; assert f.FFI_AVAILABLE"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,136 +1,328 @@
-"""JAX adapter: optax-compatible softmax cross-entropy computed by fastxent's fused kernel.
+"""JAX adapter: optax-compatible softmax cross-entropy computed by fastxent's kernels.
 
     from fastxent.jax import softmax_cross_entropy_with_integer_labels
     loss = softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-Both functions take optax's arguments and return optax's per-example losses, and
-work under ``jax.jit``, ``jax.grad`` / ``jax.vjp`` and ``jax.vmap``. The forward
-pass is one ``jax.pure_callback`` into the kernel returning the losses and the fused
-gradient ``softmax * sum(y) - y``, kept as the residual; the backward pass multiplies
-it by the cotangent. Runs on the CPU (the callback's arrays live in host memory);
-forward-mode differentiation (``jax.jvp``) is not supported (``jax.custom_vjp``).
+Both functions take optax's arguments (``axis`` an int or a tuple of axes, ``where``)
+and return optax's per-example losses. They work under ``jax.jit``, ``jax.grad`` /
+``jax.vjp``, ``jax.jvp`` / ``jax.jacfwd`` and ``jax.vmap``, with gradients for
+probability labels too.
+
+How (docs/spec.md#jax): the kernels are XLA FFI targets of the extension, registered
+at import and called with ``jax.ffi.ffi_call`` on the buffers XLA owns (no copy).
+The forward pass writes the per-example losses and row statistics only
+(docs/spec.md#row-statistics: one read of the logits, no N x K write); the backward
+pass is one call that reads the logits and writes ``cotangent x gradient`` (one read,
+one write). The loss is a ``jax.custom_jvp`` whose tangent is a linear primitive,
+so forward mode evaluates it and reverse mode transposes it into that one call.
+When the extension was built without the FFI handlers (or this jax refuses them),
+the same two calls go through ``jax.pure_callback`` instead, after one warning.
 
 Importing this module imports jax; ``import fastxent`` alone does not.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-from . import api
+from . import _backend, numpy_backend
 from ._checks import FLOAT_DTYPES, normalize_axis
+from ._problem import prepare_loss
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
+# No class index can equal it (labels are int32/int64): the kernels check every label.
+_NO_IGNORE = np.int64(np.iinfo(np.int64).min)
+_ATTRS = {
+    "ignore_index": _NO_IGNORE,
+    "label_smoothing": np.float64(0.0),
+    "z_loss": np.float64(0.0),
+    "softcap": np.float64(0.0),
+}
+_LOSS_STATS = "fastxent_loss_stats"
+_GRAD_FROM_STATS = "fastxent_grad_from_stats"
+_STATS_WIDTH = 4  # [M, log S, Q, D] per row
 
-def _host_loss_and_grad(logits: Any, labels: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(logits)
-    loss, grad = api.softmax_cross_entropy(x, np.asarray(labels), axis=axis, reduction="none")
-    assert grad is not None
-    return np.asarray(loss, dtype=x.dtype), grad
+
+def _register_ffi_targets() -> bool:
+    """Registers the extension's XLA FFI targets; False (after one warning) when absent."""
+    core = _backend.core_or_none()
+    targets = core.xla_ffi_targets() if core is not None else {}
+    reason = "" if targets else "the extension was built without the XLA FFI handlers"
+    if targets:
+        try:
+            for name, capsule in targets.items():
+                jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        except Exception as exc:  # e.g. handlers built against a newer FFI API than this jaxlib's
+            reason = f"this jax refused the XLA FFI handlers ({exc})"
+    if reason:
+        warnings.warn(
+            f"fastxent.jax: {reason}; using jax.pure_callback, which copies the logits "
+            "and the gradient (docs/spec.md#jax)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
-def _loss_and_grad(logits: jax.Array, labels: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """Per-example losses and d(sum of losses)/d(logits), from one kernel call."""
-    lead = logits.shape[:axis] + logits.shape[axis + 1 :]
-    result = (
-        jax.ShapeDtypeStruct(lead, logits.dtype),  # type: ignore[no-untyped-call]
-        jax.ShapeDtypeStruct(logits.shape, logits.dtype),  # type: ignore[no-untyped-call]
+FFI_AVAILABLE = _register_ffi_targets()
+
+
+# ---- the two kernel calls, through XLA FFI or (fallback) a host callback ----------
+
+
+def _host_problem(x: np.ndarray, y: np.ndarray) -> Any:
+    x2 = x.reshape(-1, x.shape[-1])
+    y2 = y.reshape(-1) if y.ndim < x.ndim else y.reshape(x2.shape)
+    return prepare_loss(
+        x2, y2, axis=-1, reduction="none", weight=None, ignore_index=int(_NO_IGNORE), label_smoothing=0.0, z_loss=0.0,
+        softcap=None, return_grad=False, out=None, inplace=False,
     )
-    # The callback's axis is counted from the end: under vmap ("broadcast_all") it
-    # receives every argument with the batch dimensions in front, which also suits
-    # a kernel that takes any leading dimensions.
-    host = partial(_host_loss_and_grad, axis=axis - logits.ndim)
-    loss, grad = jax.pure_callback(host, result, logits, labels, vmap_method="broadcast_all")
-    return loss, grad
 
 
-def _check(logits: Any, labels: Any, axis: int, integer: bool) -> tuple[jax.Array, jax.Array, int]:
+def _host_run(p: Any) -> None:
+    core = _backend.core_or_none()
+    if core is None:
+        numpy_backend.softmax_cross_entropy(p)
+    else:
+        core.loss(p)
+
+
+def _host_loss_stats(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    p = _host_problem(x, y)
+    p.row_stats = np.empty((p.logits.shape[0], _STATS_WIDTH), x.dtype)
+    _host_run(p)
+    return p.row_loss.reshape(x.shape[:-1]), p.row_stats.reshape(x.shape[:-1] + (_STATS_WIDTH,))
+
+
+def _host_grad(x: Any, y: Any, stats: Any, cotangent: Any) -> np.ndarray:
+    x, y = np.asarray(x), np.asarray(y)
+    p = _host_problem(x, y)
+    n, k = p.logits.shape
+    p.grad = np.empty((n, k), x.dtype)
+    p.given_stats = np.ascontiguousarray(np.asarray(stats).reshape(n, _STATS_WIDTH))
+    p.row_grad_scale = np.ascontiguousarray(np.asarray(cotangent, x.dtype).reshape(n))
+    _host_run(p)
+    return p.grad.reshape(x.shape)
+
+
+def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row losses and row statistics; classes on the last axis of x."""
+    lead = x.shape[:-1]
+    result = (
+        jax.ShapeDtypeStruct(lead, x.dtype),  # type: ignore[no-untyped-call]
+        jax.ShapeDtypeStruct(lead + (_STATS_WIDTH,), x.dtype),  # type: ignore[no-untyped-call]
+    )
+    # "broadcast_all": under vmap every argument arrives with the batch dimensions in
+    # front, which the kernels take as more rows.
+    if FFI_AVAILABLE:
+        loss, stats = jax.ffi.ffi_call(_LOSS_STATS, result, vmap_method="broadcast_all")(x, y, **_ATTRS)
+    else:
+        loss, stats = jax.pure_callback(_host_loss_stats, result, x, y, vmap_method="broadcast_all")
+    return loss, stats
+
+
+def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """cotangent_i x d loss_i / d x_i, from the forward's statistics."""
+    result = jax.ShapeDtypeStruct(x.shape, x.dtype)  # type: ignore[no-untyped-call]
+    if FFI_AVAILABLE:
+        g: jax.Array = jax.ffi.ffi_call(_GRAD_FROM_STATS, result, vmap_method="broadcast_all")(
+            x, y, stats, cotangent, **_ATTRS
+        )
+    else:
+        g = jax.pure_callback(_host_grad, result, x, y, stats, cotangent, vmap_method="broadcast_all")
+    return g
+
+
+# ---- the tangent of the loss in the logits: a linear primitive ---------------------
+# loss_tangent(x, y, stats, dx)_i = sum_j G_ij dx_ij with G the gradient of row i's
+# loss. Linear in dx; its transpose is _grad (the backward pass, one kernel call).
+
+_loss_tangent_p = Primitive("fastxent_loss_tangent")
+
+
+def _loss_tangent_impl(x: jax.Array, y: jax.Array, stats: jax.Array, dx: jax.Array) -> jax.Array:
+    # Forward mode: G from the kernel, then one reduction by XLA.
+    ones = jnp.ones(x.shape[:-1], x.dtype)
+    return jnp.sum(_grad(x, y, stats, ones) * dx, axis=-1)
+
+
+def _loss_tangent_abstract(x: Any, y: Any, stats: Any, dx: Any) -> Any:
+    return jax.core.ShapedArray(x.shape[:-1], x.dtype)
+
+
+def _loss_tangent_transpose(ct: Any, x: Any, y: Any, stats: Any, dx: Any) -> list[Any]:
+    if ad.is_undefined_primal(x) or ad.is_undefined_primal(y) or ad.is_undefined_primal(stats):
+        raise NotImplementedError("fastxent.jax: the loss tangent is linear in the logits' tangent only")
+    if type(ct) is ad.Zero:
+        return [None, None, None, ad.Zero(dx.aval)]
+    return [None, None, None, _grad(x, y, stats, ct)]
+
+
+def _loss_tangent_batch(args: tuple[Any, ...], dims: tuple[Any, ...]) -> tuple[Any, int]:
+    # Batch dimensions in front of every argument: the kernels take them as rows.
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [
+        jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+        for a, d in zip(args, dims)
+    ]
+    return _loss_tangent_p.bind(*moved), 0
+
+
+def _loss_tangent_jvp(primals: Any, tangents: Any) -> Any:
+    # Linear in dx; second derivatives through x, y or stats are not provided.
+    x, y, stats, dx = primals
+    tx, ty, tstats, tdx = tangents
+    if any(type(t) is not ad.Zero for t in (tx, ty, tstats)):
+        raise NotImplementedError("fastxent.jax: second derivatives of the loss are not supported")
+    out = _loss_tangent_p.bind(x, y, stats, dx)
+    return out, (_loss_tangent_p.bind(x, y, stats, tdx) if type(tdx) is not ad.Zero else ad.Zero.from_primal_value(out))
+
+
+_loss_tangent_p.def_impl(_loss_tangent_impl)
+_loss_tangent_p.def_abstract_eval(_loss_tangent_abstract)
+mlir.register_lowering(_loss_tangent_p, mlir.lower_fun(_loss_tangent_impl, multiple_results=False))
+ad.primitive_transposes[_loss_tangent_p] = _loss_tangent_transpose
+ad.primitive_jvps[_loss_tangent_p] = _loss_tangent_jvp
+batching.primitive_batchers[_loss_tangent_p] = _loss_tangent_batch
+
+
+@jax.custom_jvp
+def _xent(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-row losses; classes on the last axis of x; y dense (x's shape) or indices."""
+    return _loss_stats(x, y)[0]
+
+
+def _is_zero(t: Any) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _xent_jvp(primals: Any, tangents: Any) -> tuple[jax.Array, jax.Array]:
+    x, y = primals
+    dx, dy = tangents
+    loss, stats = _loss_stats(x, y)
+    parts = []
+    if not _is_zero(dx):
+        parts.append(_loss_tangent_p.bind(x, y, stats, dx))
+    if not _is_zero(dy) and jnp.issubdtype(y.dtype, jnp.floating):
+        # d loss / d y_j = -log_softmax(x)_j = lse - x_j (linear in dy; XLA computes it
+        # only when the labels are differentiated).
+        lse = stats[..., 0] + stats[..., 1]
+        parts.append(jnp.sum((lse[..., None] - x) * dy, axis=-1))
+    if not parts:
+        return loss, jnp.zeros_like(loss)
+    return loss, sum(parts[1:], parts[0])
+
+
+_xent.defjvp(_xent_jvp, symbolic_zeros=True)
+
+
+# ---- optax's signatures ------------------------------------------------------------
+
+
+def _class_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if isinstance(axis, tuple):
+        if not axis:
+            raise ValueError("axis: expected at least one class axis, got ()")
+        axes = tuple(normalize_axis(a, ndim) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis: repeated axis in {axis}")
+        return axes
+    return (normalize_axis(axis, ndim),)  # TypeError for anything but an int
+
+
+def _classes_last(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """a with the class axes moved to the end (in the order given) and flattened into one."""
+    lead = tuple(d for d in range(a.ndim) if d not in axes)
+    if lead + axes != tuple(range(a.ndim)):
+        a = jnp.transpose(a, lead + axes)  # a copy: the kernels want contiguous classes
+    k = int(np.prod(a.shape[len(lead) :]))  # (not -1: a batch of 0 rows would make it ambiguous)
+    return a.reshape(tuple(a.shape[: len(lead)]) + (k,))
+
+
+def _prepare(logits: Any, labels: Any, axis: Any, where: Any, integer: bool) -> tuple[jax.Array, jax.Array, Any]:
     x = jnp.asarray(logits)
     y = jnp.asarray(labels)
     if np.dtype(x.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"logits: expected float32 or float64, got dtype {x.dtype}")
-    axis = normalize_axis(axis, x.ndim)  # (a tuple of axes is not supported: TypeError)
-    if x.shape[axis] == 0:
-        raise ValueError(f"logits: the class axis ({axis}) has length 0; at least one class is needed")
+    axes = _class_axes(axis, x.ndim)
+    lead_shape = tuple(s for d, s in enumerate(x.shape) if d not in axes)
+    k = int(np.prod([x.shape[a] for a in axes]))
+    if k == 0:
+        raise ValueError(f"logits: the class axis {axis} has length 0; at least one class is needed")
     if integer:
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"labels: expected integer class indices, got dtype {y.dtype}")
-        want = x.shape[:axis] + x.shape[axis + 1 :]
-        if y.shape != want:
-            raise ValueError(f"labels: expected shape {want} (logits' shape without axis {axis}), got {y.shape}")
+        if y.shape != lead_shape:
+            raise ValueError(f"labels: expected shape {lead_shape} (logits' shape without axis {axis}), got {y.shape}")
+        if y.dtype not in (jnp.int32, jnp.int64):
+            y = y.astype(jnp.int32)
         if not isinstance(labels, jax.core.Tracer) and y.size:
-            # Concrete labels are checked here (in NumPy: jnp would stage the check
-            # into a surrounding jit); traced ones only the kernel sees, and an error
-            # raised there reaches the caller wrapped by XLA.
+            # Concrete labels are checked here, with a Python exception; traced ones
+            # the kernel checks, and its error reaches the caller wrapped by XLA.
             concrete = np.asarray(labels)
             lo, hi = int(concrete.min()), int(concrete.max())
-            if lo < 0 or hi >= x.shape[axis]:
-                bad = lo if lo < 0 else hi
-                raise IndexError(f"labels: class index {bad} is out of range for {x.shape[axis]} classes")
+            if lo < 0 or hi >= k:
+                raise IndexError(f"labels: class index {lo if lo < 0 else hi} is out of range for {k} classes")
     else:
         if y.shape != x.shape:
             raise ValueError(f"labels: expected the logits' shape {x.shape}, got {y.shape}")
-        y = y.astype(x.dtype)
-    return x, y, axis
+        y = _classes_last(y.astype(x.dtype), axes)
+    mask = None
+    if where is not None:
+        w = jnp.asarray(where)
+        if w.dtype != jnp.bool_:
+            raise TypeError(f"where: expected a boolean mask, got dtype {w.dtype}")
+        if w.ndim != x.ndim:  # optax: a per-example mask applies to all of the row's classes
+            if w.shape != lead_shape:
+                raise ValueError(f"where: expected shape {lead_shape} or the logits' shape {x.shape}, got {w.shape}")
+            w = jnp.expand_dims(w, tuple(sorted(axes)))
+        if jnp.broadcast_shapes(w.shape, x.shape) != x.shape:
+            raise ValueError(f"where: shape {w.shape} does not broadcast to the logits' shape {x.shape}")
+        w = _classes_last(jnp.broadcast_to(w, x.shape), axes)
+        # Excluded classes: -inf logits and zero labels, which add nothing to the row.
+        x = jnp.where(w, _classes_last(x, axes), -jnp.inf)
+        if not integer:
+            y = jnp.where(w, y, 0)
+        mask = jnp.any(w, axis=-1)
+    else:
+        x = _classes_last(x, axes)
+    return x, y, mask
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_xent(logits: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
-    return _loss_and_grad(logits, labels, axis)[0]
+def _finish(loss: jax.Array, mask: Any) -> jax.Array:
+    # optax: a row with no included class has loss 0.
+    return loss if mask is None else jnp.where(mask, loss, jnp.zeros((), loss.dtype))
 
 
-def _dense_fwd(logits: jax.Array, labels: jax.Array, axis: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    loss, grad = _loss_and_grad(logits, labels, axis)
-    return loss, (grad, logits)
-
-
-def _dense_bwd(axis: int, res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    grad, logits = res
-    g = jnp.expand_dims(g, axis)
-    # d loss / d labels = -log_softmax(logits): computed only when asked for (under
-    # jit, XLA drops it otherwise).
-    return grad * g, -jax.nn.log_softmax(logits, axis=axis) * g
-
-
-_dense_xent.defvjp(_dense_fwd, _dense_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _index_xent(logits: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
-    return _loss_and_grad(logits, labels, axis)[0]
-
-
-def _index_fwd(logits: jax.Array, labels: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    return _loss_and_grad(logits, labels, axis)
-
-
-def _index_bwd(axis: int, grad: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
-    return grad * jnp.expand_dims(g, axis), None  # integer labels have no cotangent
-
-
-_index_xent.defvjp(_index_fwd, _index_bwd)
-
-
-def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1) -> jax.Array:
-    """``optax.softmax_cross_entropy`` by fastxent's fused kernel.
+def softmax_cross_entropy(logits: Any, labels: Any, axis: int | tuple[int, ...] = -1, where: Any = None) -> jax.Array:
+    """``optax.softmax_cross_entropy`` by fastxent's kernels.
 
     Per example (classes on ``axis``)::
 
         loss = -sum_c labels_c * log_softmax(logits)_c
         d loss / d logits = softmax(logits) * sum_c labels_c - labels
+        d loss / d labels = -log_softmax(logits)
 
     Labels may be probabilities, multi-hot (several ones) or any weights.
 
     Args:
         logits: float32 or float64 array, any leading dimensions.
         labels: array of logits' shape.
-        axis: the class axis (an int).
+        axis: the class axis, or a tuple of axes whose product is the classes.
+        where: boolean mask of logits' shape (or of the per-example shape): the
+            classes to include; a row with none included has loss 0.
 
     Returns:
         Per-example losses: logits' shape without ``axis``, logits' dtype.
@@ -144,12 +336,14 @@ def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1) -> jax.Array
         [0.2761, 2.9518]
         >>> g = jax.grad(lambda x: softmax_cross_entropy(x, labels).sum())(logits)
     """
-    x, y, ax = _check(logits, labels, axis, integer=False)
-    return _dense_xent(x, y, ax)
+    x, y, mask = _prepare(logits, labels, axis, where, integer=False)
+    return _finish(_xent(x, y), mask)
 
 
-def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: int = -1) -> jax.Array:
-    """``optax.softmax_cross_entropy_with_integer_labels`` by fastxent's fused kernel.
+def softmax_cross_entropy_with_integer_labels(
+    logits: Any, labels: Any, axis: int | tuple[int, ...] = -1, where: Any = None
+) -> jax.Array:
+    """``optax.softmax_cross_entropy_with_integer_labels`` by fastxent's kernels.
 
     Per example, with class index ``c = labels``::
 
@@ -158,8 +352,13 @@ def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: in
 
     Args:
         logits: float32 or float64 array, any leading dimensions.
-        labels: integer class indices in [0, num_classes), logits' shape without ``axis``.
-        axis: the class axis (an int).
+        labels: integer class indices in [0, num_classes), logits' shape without
+            ``axis`` (for a tuple of axes, a flat index into their product).
+        axis: the class axis, or a tuple of axes.
+        where: boolean mask of logits' shape (or of the per-example shape): the
+            classes to include; a row with none included has loss 0. A label on
+            an excluded class gives +inf (optax: the included classes' logsumexp
+            minus that logit).
 
     Returns:
         Per-example losses: logits' shape without ``axis``, logits' dtype.
@@ -172,5 +371,5 @@ def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: in
         >>> [round(float(v), 4) for v in loss]
         [0.2761, 2.9518]
     """
-    x, y, ax = _check(logits, labels, axis, integer=True)
-    return _index_xent(x, y, ax)
+    x, y, mask = _prepare(logits, labels, axis, where, integer=True)
+    return _finish(_xent(x, y), mask)
