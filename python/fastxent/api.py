@@ -115,6 +115,50 @@ def softmax_cross_entropy(
     return loss, p.grad_result
 
 
+def _run(p: Any, backend: Backend) -> float:
+    core = _pick_core(check_backend(backend))
+    return float(numpy_backend.softmax_cross_entropy(p) if core is None else core.loss(p))
+
+
+def _loss_and_row_statistics(
+    logits: Any, targets: Any, *, axis: int = -1, reduction: Reduction = "mean", weight: Any = None,
+    ignore_index: int = -100, label_smoothing: float = 0.0, backend: Backend = None,
+) -> tuple[Any, np.ndarray]:
+    """The loss (as softmax_cross_entropy returns it) and the row statistics
+    [M, log S, Q, D] of docs/spec.md#row-statistics, (rows, 4): one read of the
+    logits, no N x K write. The forward half of the framework adapters' split."""
+    p = prepare_loss(
+        logits, targets, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=0.0, softcap=None, return_grad=False, out=None, inplace=False,
+    )
+    p.row_stats = np.empty((p.logits.shape[0], 4), p.logits.dtype)
+    reduced = _run(p, backend)
+    loss = p.row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.logits.dtype.type(reduced)
+    return loss, p.row_stats
+
+
+def _gradient_from_row_statistics(
+    logits: Any, targets: Any, row_stats: np.ndarray, row_scale: np.ndarray, *, axis: int = -1,
+    reduction: Reduction = "mean", weight: Any = None, ignore_index: int = -100, label_smoothing: float = 0.0,
+    backend: Backend = None,
+) -> np.ndarray:
+    """row_scale_i x the gradient of the reduced loss, from _loss_and_row_statistics's
+    statistics of the same arguments: one read of the logits, one write. The backward
+    half of the adapters' split (row_scale: the upstream gradient, one per row)."""
+    p = prepare_loss(
+        logits, targets, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, z_loss=0.0, softcap=None, return_grad=True, out=None, inplace=False,
+    )
+    n, dtype = p.logits.shape[0], p.logits.dtype
+    if row_stats.shape != (n, 4) or row_stats.dtype != dtype:
+        raise ValueError(f"row_stats: expected shape {(n, 4)} and dtype {dtype}, got {row_stats.shape} {row_stats.dtype}")
+    p.given_stats = np.ascontiguousarray(row_stats)
+    p.row_grad_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(row_scale, dtype).reshape(-1), (n,)))
+    _run(p, backend)
+    assert p.grad_result is not None
+    return p.grad_result
+
+
 def _rowwise(op: str, x: Any, axis: int, backend: Backend) -> np.ndarray:
     arr = check_logits(x, "x")
     ax = normalize_axis(axis, arr.ndim)

@@ -34,9 +34,8 @@ from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _backend, numpy_backend
+from . import _backend, api
 from ._checks import FLOAT_DTYPES, normalize_axis
-from ._problem import prepare_loss
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
@@ -81,40 +80,18 @@ FFI_AVAILABLE = _register_ffi_targets()
 # ---- the two kernel calls, through XLA FFI or (fallback) a host callback ----------
 
 
-def _host_problem(x: np.ndarray, y: np.ndarray) -> Any:
-    x2 = x.reshape(-1, x.shape[-1])
-    y2 = y.reshape(-1) if y.ndim < x.ndim else y.reshape(x2.shape)
-    return prepare_loss(
-        x2, y2, axis=-1, reduction="none", weight=None, ignore_index=int(_NO_IGNORE), label_smoothing=0.0, z_loss=0.0,
-        softcap=None, return_grad=False, out=None, inplace=False,
-    )
-
-
-def _host_run(p: Any) -> None:
-    core = _backend.core_or_none()
-    if core is None:
-        numpy_backend.softmax_cross_entropy(p)
-    else:
-        core.loss(p)
-
-
 def _host_loss_stats(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y)
-    p = _host_problem(x, y)
-    p.row_stats = np.empty((p.logits.shape[0], _STATS_WIDTH), x.dtype)
-    _host_run(p)
-    return p.row_loss.reshape(x.shape[:-1]), p.row_stats.reshape(x.shape[:-1] + (_STATS_WIDTH,))
+    x = np.asarray(x)
+    loss, stats = api._loss_and_row_statistics(x, np.asarray(y), reduction="none", ignore_index=int(_NO_IGNORE))
+    return loss, stats.reshape(x.shape[:-1] + (_STATS_WIDTH,))
 
 
 def _host_grad(x: Any, y: Any, stats: Any, cotangent: Any) -> np.ndarray:
-    x, y = np.asarray(x), np.asarray(y)
-    p = _host_problem(x, y)
-    n, k = p.logits.shape
-    p.grad = np.empty((n, k), x.dtype)
-    p.given_stats = np.ascontiguousarray(np.asarray(stats).reshape(n, _STATS_WIDTH))
-    p.row_grad_scale = np.ascontiguousarray(np.asarray(cotangent, x.dtype).reshape(n))
-    _host_run(p)
-    return p.grad.reshape(x.shape)
+    x = np.asarray(x)
+    return api._gradient_from_row_statistics(
+        x, np.asarray(y), np.asarray(stats).reshape(-1, _STATS_WIDTH), np.asarray(cotangent).reshape(-1),
+        reduction="none", ignore_index=int(_NO_IGNORE),
+    )
 
 
 def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
