@@ -806,7 +806,8 @@ def jax_specs(draw: Any) -> dict[str, Any]:
             "ldt": pick(draw, (["int32", "int32", "int8", "uint32", "float32"])),
             "bad_label": pick(draw, ([None] * 3 + ["-1", "99"])),
             "special": pick(draw, ([None] * 3 + ["nan", "inf", "-inf"])),
-            "transform": pick(draw, ["none", "grad", "jit", "vmap", "jit-grad"])}
+            "where": pick(draw, ([None] * 3 + ["rows", "elements"])),
+            "transform": pick(draw, ["none", "grad", "jit", "vmap", "jit-grad", "jvp", "jacfwd"])}
 
 
 # The same transformation of fastxent's function (source, in the reproducer) and of
@@ -817,13 +818,15 @@ JAX_TRANSFORMS = {
     "jit": "jax.jit({f}, static_argnums=2)",
     "vmap": "lambda x, y, axis: jax.vmap(lambda a, b: {f}(a, b, axis))(x, y)",
     "jit-grad": "jax.jit(lambda x, y, axis: jax.grad(lambda x: {f}(x, y, axis).sum())(x), static_argnums=2)",
+    "jvp": "lambda x, y, axis: jax.jvp(lambda x: {f}(x, y, axis), (x,), (jax.numpy.cos(x),))[1]",
+    "jacfwd": "lambda x, y, axis: jax.jacfwd(lambda x: {f}(x, y, axis).sum())(x)",
 }
 
 
 def _jax_transform(spec: dict[str, Any]) -> str:
     t = spec.get("transform", "grad" if spec.get("grad") else "none")
-    if "grad" in t and not spec["xdt"].startswith("float"):
-        return "none"  # jax.grad itself refuses integer inputs
+    if ("grad" in t or t in ("jvp", "jacfwd")) and not spec["xdt"].startswith("float"):
+        return "none"  # jax.grad and jax.jvp themselves refuse integer inputs
     if t == "vmap" and not (len(spec["shape"]) >= 2 and spec["axis"] in (-1, len(spec["shape"]) - 1)):
         return "none"  # vmap maps the leading axis of logits and labels alike: it must not be the class axis
     return t
@@ -846,6 +849,17 @@ def build_jax(spec: dict[str, Any]) -> Program:
     else:
         setup.append((f"y = rng.dirichlet(np.ones({shape[-1]}), {shape[:-1]}).astype('float32')", "plain"))
         func = "fastxent.jax.softmax_cross_entropy"
+    if spec.get("where") and isinstance(ax, int) and -len(shape) <= ax < len(shape):
+        # optax's where: per element (keeping a class label's own class) or per example
+        if spec["where"] == "elements":
+            setup.append((f"w = rng.random({shape}) < 0.7", "plain"))
+            if spec["integer"]:
+                setup.append((f"np.put_along_axis(w, np.expand_dims(np.clip(y, 0, {shape[ax] - 1}), {ax}), True, "
+                              f"axis={ax}) if y.dtype.kind in 'iu' and w.size else None", "plain"))
+        else:
+            lead = tuple(d for i, d in enumerate(shape) if i != ax % len(shape))
+            setup.append((f"w = rng.random({lead}) < 0.7", "plain"))
+        func = f"(lambda x, y, axis: {func}(x, y, axis, where=w))"
     transform = _jax_transform(spec)
     if transform != "none":
         setup.append(("f = " + JAX_TRANSFORMS[transform].format(f=func), "plain"))
@@ -1680,11 +1694,16 @@ def jax_traced_error_ok(out: Outcome) -> bool:
     only be refused inside the callback, and reaches the caller as JAX's runtime error
     around fastxent's own named error (a documented limit, docs/spec.md). Outside them
     it must be refused before (oracle a)."""
+    if not (out.exc_type in ("JaxRuntimeError", "XlaRuntimeError", "ValueError") and out.where == "call"
+            and any(t in out.variant for t in ("jit", "vmap", "grad", "jvp", "jacfwd"))):
+        return False
+    # The XLA FFI handler's own check: "fastxent: labels: class index ... is out of range"
+    if re.search(r"fastxent: (labels|logits): ", out.message):
+        return True
+    # The pure_callback fallback: JaxRuntimeError, or a plain ValueError "INTERNAL: CpuCallback error ..."
     inner = re.search(r"\n(TypeError|ValueError|IndexError): (\w+)[:( ]", out.message)
-    # (JAX raises it as JaxRuntimeError, or as a plain ValueError "INTERNAL: CpuCallback error ...")
-    return (out.exc_type in ("JaxRuntimeError", "XlaRuntimeError", "ValueError") and "CpuCallback error" in out.message
-            and out.where == "call" and ("jit" in out.variant or "vmap" in out.variant)
-            and inner is not None and inner.group(2) in ("targets", "logits", "labels", "axis"))
+    return "CpuCallback error" in out.message and inner is not None and inner.group(2) in (
+        "targets", "logits", "labels", "axis")
 
 
 def check_jax(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog: Program) -> list[Finding]:
@@ -1698,10 +1717,17 @@ def check_jax(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog
         return found
     args = o.args or {}
     x, y, axis = args.get("logits"), args.get("labels"), args.get("axis")
+    where = None
+    if spec.get("where") and any(line.startswith("w = ") for line, _ in prog.setup):
+        ns: dict[str, Any] = {"np": np, "inf": np.inf, "nan": np.nan}  # the same mask, from the same seeded setup
+        for line, _ in prog.setup:
+            if not line.startswith("f = "):
+                exec(line, ns)  # noqa: S102 - the fuzzer's own generated setup
+        where = jax.numpy.asarray(ns["w"])
     try:
         base = "optax.softmax_cross_entropy_with_integer_labels" if spec["integer"] else "optax.softmax_cross_entropy"
-        f = eval(JAX_TRANSFORMS[_jax_transform(spec)].format(f=f"(lambda x, y, axis: {base}(x, y, axis=axis))"),
-                 {"jax": jax, "optax": optax})
+        f = eval(JAX_TRANSFORMS[_jax_transform(spec)].format(f=f"(lambda x, y, axis: {base}(x, y, axis=axis, where=W))"),
+                 {"jax": jax, "optax": optax, "W": where})
         ref = np.asarray(f(x, y, axis))
         status = "ok"
     except Exception as exc:  # noqa: BLE001 - any exception is a result to judge here
@@ -1794,7 +1820,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                    ("input", "target", "weight", "ignore_index", "reduction", "label_smoothing", "compute_grad"),
                    capture=capture_torch, variants=lambda spec: [f"given ({spec.get('path', 'eager')})"], extra_errors=("RuntimeError",), foreign_messages=True,
                    needs="torch"),
-        EntryPoint("jax", jax_specs(), build_jax, check_jax, ("logits", "labels", "axis"),
+        EntryPoint("jax", jax_specs(), build_jax, check_jax, ("logits", "labels", "axis", "where"),
                    variants=lambda spec: [f"given ({_jax_transform(spec)})"], needs="jax", share=0.4,
                    traced_error_ok=jax_traced_error_ok),
         EntryPoint("config", config_specs(), build_config, check_config, ("n", "name", "logits", "targets"),

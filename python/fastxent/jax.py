@@ -265,7 +265,11 @@ def _prepare(logits: Any, labels: Any, axis: Any, where: Any, integer: bool) -> 
             if w.shape != lead_shape:
                 raise ValueError(f"where: expected shape {lead_shape} or the logits' shape {x.shape}, got {w.shape}")
             w = jnp.expand_dims(w, tuple(sorted(axes)))
-        if jnp.broadcast_shapes(w.shape, x.shape) != x.shape:
+        try:
+            fits = jnp.broadcast_shapes(w.shape, x.shape) == x.shape
+        except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(f"where: shape {w.shape} does not broadcast to the logits' shape {x.shape}")
         w = _classes_last(jnp.broadcast_to(w, x.shape), axes)
         # Excluded classes: -inf logits and zero labels, which add nothing to the row.
