@@ -158,3 +158,14 @@ def test_importing_the_bench_imports_no_framework() -> None:
             "print(sorted(m for m in ('torch', 'jax', 'optax', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_frameworks_mode_runs_each_framework_in_its_own_process() -> None:
+    from fastxent.bench import frameworks
+
+    results = frameworks.run(16, 50, repeats=1, threads=1)
+    want = {"fastxent.jax dense", "optax integer", "fastxent.torch compiled integer", "F.cross_entropy dense"}
+    assert want <= set(results), results
+    assert all(ms > 0 for ms in results.values())
+    assert "optax dense / fastxent.jax dense" in frameworks.table(results)

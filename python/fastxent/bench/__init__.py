@@ -5,7 +5,10 @@ torch / jax adapters cost over the raw kernel. bench/README.md says how to read 
   cases.py    what is measured: the cases, their inputs and contenders
   measure.py  how: warm-up, round-robin timing, medians, peak memory, loss agreement
   report.py   the tables, bench.csv, bench.json, bench.png
-  cli.py      the command line of both modes
+  frameworks.py  `python -m fastxent bench frameworks`: fastxent.jax / fastxent.torch
+              against optax / F.cross_entropy (eager and compiled) in their training
+              calls, one process per framework
+  cli.py      the command line of the modes
 
 Importing this package imports neither PyTorch, JAX nor matplotlib: a case imports
 what it needs when it is built, the plot when it is drawn.

@@ -152,8 +152,12 @@ def adapters(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fastxent bench`'s entry: the suite, or the `adapters` mode."""
+    """`python -m fastxent bench`'s entry: the suite, or the `adapters` / `frameworks` mode."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "adapters":
         return adapters(args[1:])
+    if args and args[0] == "frameworks":
+        from . import frameworks
+
+        return frameworks.main(args[1:])
     return suite(args)
