@@ -854,8 +854,8 @@ def build_jax(spec: dict[str, Any]) -> Program:
         if spec["where"] == "elements":
             setup.append((f"w = rng.random({shape}) < 0.7", "plain"))
             if spec["integer"]:
-                setup.append((f"np.put_along_axis(w, np.expand_dims(np.clip(y, 0, {shape[ax] - 1}), {ax}), True, "
-                              f"axis={ax}) if y.dtype.kind in 'iu' and w.size else None", "plain"))
+                setup.append(((f"np.put_along_axis(w, np.expand_dims(np.clip(y, 0, {shape[ax] - 1}), {ax}), True, "
+                              f"axis={ax}) if y.dtype.kind in 'iu' and w.size else None"), "plain"))
         else:
             lead = tuple(d for i, d in enumerate(shape) if i != ax % len(shape))
             setup.append((f"w = rng.random({lead}) < 0.7", "plain"))

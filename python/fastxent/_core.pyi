@@ -29,3 +29,6 @@ def set_num_threads(n: int) -> None:
 
 def set_simd(name: str) -> None:
     """'generic', 'avx2' or 'avx512'; ValueError when this CPU lacks it."""
+
+def xla_ffi_targets() -> dict[str, Any]:
+    """name -> PyCapsule of each XLA FFI handler (python/xla_ffi.cpp); empty when built without them."""

@@ -38,8 +38,8 @@ class LossProblem:
     __slots__ = (
         "class_index",
         "dense_targets",
-        "grad",
         "given_stats",
+        "grad",
         "grad_result",
         "ignore_index",
         "label_smoothing",

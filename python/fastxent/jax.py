@@ -24,7 +24,6 @@ Importing this module imports jax; ``import fastxent`` alone does not.
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from typing import Any
 
 import jax
@@ -33,6 +32,8 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+
+_ad: Any = ad  # (untyped)
 
 from . import _backend, api
 from ._checks import FLOAT_DTYPES, normalize_axis
@@ -61,7 +62,7 @@ def _register_ffi_targets() -> bool:
         try:
             for name, capsule in targets.items():
                 jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-        except Exception as exc:  # e.g. handlers built against a newer FFI API than this jaxlib's
+        except Exception as exc:  # noqa: BLE001 - e.g. handlers built against a newer FFI API than this jaxlib's
             reason = f"this jax refused the XLA FFI handlers ({exc})"
     if reason:
         warnings.warn(
@@ -126,7 +127,7 @@ def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array) ->
 # loss_tangent(x, y, stats, dx)_i = sum_j G_ij dx_ij with G the gradient of row i's
 # loss. Linear in dx; its transpose is _grad (the backward pass, one kernel call).
 
-_loss_tangent_p = Primitive("fastxent_loss_tangent")
+_loss_tangent_p: Any = Primitive("fastxent_loss_tangent")  # (jax.extend is untyped)
 
 
 def _loss_tangent_impl(x: jax.Array, y: jax.Array, stats: jax.Array, dx: jax.Array) -> jax.Array:
@@ -140,7 +141,7 @@ def _loss_tangent_abstract(x: Any, y: Any, stats: Any, dx: Any) -> Any:
 
 
 def _loss_tangent_transpose(ct: Any, x: Any, y: Any, stats: Any, dx: Any) -> list[Any]:
-    if ad.is_undefined_primal(x) or ad.is_undefined_primal(y) or ad.is_undefined_primal(stats):
+    if any(_ad.is_undefined_primal(a) for a in (x, y, stats)):
         raise NotImplementedError("fastxent.jax: the loss tangent is linear in the logits' tangent only")
     if type(ct) is ad.Zero:
         return [None, None, None, ad.Zero(dx.aval)]
@@ -164,7 +165,7 @@ def _loss_tangent_jvp(primals: Any, tangents: Any) -> Any:
     if any(type(t) is not ad.Zero for t in (tx, ty, tstats)):
         raise NotImplementedError("fastxent.jax: second derivatives of the loss are not supported")
     out = _loss_tangent_p.bind(x, y, stats, dx)
-    return out, (_loss_tangent_p.bind(x, y, stats, tdx) if type(tdx) is not ad.Zero else ad.Zero.from_primal_value(out))
+    return out, (_loss_tangent_p.bind(x, y, stats, tdx) if type(tdx) is not ad.Zero else jnp.zeros_like(out))
 
 
 _loss_tangent_p.def_impl(_loss_tangent_impl)

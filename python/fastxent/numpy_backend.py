@@ -71,7 +71,7 @@ def _gradient(p: LossProblem, e: np.ndarray, coef: np.ndarray, q: np.ndarray, ro
               th: np.ndarray | None, ignored: np.ndarray) -> np.ndarray:
     """g = row_scale * dx~/dx * (e * coef - q), rounded as the kernels round it."""
     dtype = p.logits.dtype
-    g = e * (coef * row_scale).astype(dtype)[:, None] - q * row_scale.astype(dtype)[:, None]
+    g: np.ndarray = e * (coef * row_scale).astype(dtype)[:, None] - q * row_scale.astype(dtype)[:, None]
     g = g.astype(dtype)
     if th is not None:
         g *= 1 - th * th
