@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import compute_dtype
 from ._problem import LossProblem
 
 
 def effective_targets(p: LossProblem) -> np.ndarray:
     """q of docs/spec.md#effective-targets, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
     n, k = p.logits.shape
-    dtype = p.logits.dtype
+    dtype = compute_dtype(p.logits.dtype)
     a = dtype.type(1 - p.label_smoothing)
     b = dtype.type(p.label_smoothing / k)
     if p.target_kind == "dense":
         assert p.dense_targets is not None
-        q: np.ndarray = p.dense_targets * a + b
+        q: np.ndarray = p.dense_targets.astype(dtype, copy=False) * a + b
     else:
         q = np.full((n, k), b, dtype=dtype)
         if p.target_kind == "index":
@@ -60,9 +61,12 @@ def mean_denominator(p: LossProblem) -> float:
 
 
 def softmax_cross_entropy(p: LossProblem) -> float:
-    """Writes p.row_loss (and p.grad when set); returns the reduced loss."""
+    """Writes p.row_loss (and p.grad when set); returns the reduced loss.
+
+    16-bit logits are computed in float32, as the kernels do; writing the gradient
+    into p.grad rounds it to nearest even."""
     with np.errstate(all="ignore"):  # NaN / inf rows are part of the contract
-        x = p.logits
+        x = p.logits.astype(compute_dtype(p.logits.dtype), copy=False)
         if p.softcap > 0:
             th = np.tanh(x / x.dtype.type(p.softcap))
             xt = th * x.dtype.type(p.softcap)
@@ -104,8 +108,10 @@ def softmax_cross_entropy(p: LossProblem) -> float:
         return float(np.float64(total) / denom) if p.reduction == "mean" else total
 
 
-def rowwise(op: str, x: np.ndarray) -> np.ndarray:
-    """logsumexp (N,), softmax or log_softmax (N, K) over rows of x (N, K)."""
+def rowwise(op: str, x_in: np.ndarray) -> np.ndarray:
+    """logsumexp (N,), softmax or log_softmax (N, K) over rows of x (N, K), in x's
+    dtype (16-bit: computed in float32, rounded to nearest even)."""
+    x = x_in.astype(compute_dtype(x_in.dtype), copy=False)
     with np.errstate(all="ignore"):
         m = x.max(axis=1, keepdims=True) if x.shape[0] else np.zeros((0, 1), x.dtype)
         bad = ~np.isfinite(m)
@@ -120,4 +126,4 @@ def rowwise(op: str, x: np.ndarray) -> np.ndarray:
             res = np.exp(t) * np.exp(-log_s)
         else:
             res = t - log_s
-        return res.astype(x.dtype)
+        return res.astype(x_in.dtype)
