@@ -105,7 +105,9 @@ def _numpy(t: Tensor) -> np.ndarray:
     t = t.detach()
     t = t.resolve_neg() if t.is_neg() else t
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_bfloat16_dtype())
+        bf16 = _bfloat16_dtype()
+        assert bf16 is not None  # (_kernel_applies sent bfloat16 to PyTorch otherwise)
+        return t.view(torch.int16).numpy().view(bf16)
     return t.numpy()
 
 
