@@ -109,10 +109,11 @@ class Program:
     def source(self, variant: str = "") -> str:
         lines = [
             "import numpy as np, scipy.sparse, tempfile",
-            "import ml_dtypes  # (registers the dtype name 'bfloat16' with NumPy)",
             "import fastxent as fx",
             "from numpy import nan, inf",
         ]
+        if any("bfloat16" in s or "float8" in s for s, _ in self.setup):
+            lines.append("import ml_dtypes  # (registers the dtype names 'bfloat16', 'float8_e4m3fn' with NumPy)")
         if "torch" in self.func or any("torch" in s for s, _ in self.setup):
             lines.append("import torch, fastxent.torch")
         if "jax" in self.func or any("jax" in s for s, _ in self.setup):
@@ -900,8 +901,9 @@ class Outcome:
     overlap: str = ""  # memory the call must not accept sharing (found on the real arguments)
 
 
-def fresh_namespace(needs_torch: bool, needs_jax: bool) -> dict[str, Any]:
-    import ml_dtypes  # noqa: F401 - registers the dtype names 'bfloat16', 'float8_e4m3fn' the programs use
+def fresh_namespace(needs_torch: bool, needs_jax: bool, needs_ml_dtypes: bool = False) -> dict[str, Any]:
+    if needs_ml_dtypes:  # (imported only then: a second a child, which a crash restarts)
+        import ml_dtypes  # noqa: F401 - registers the dtype names 'bfloat16', 'float8_e4m3fn' the programs use
     import scipy.sparse
     ns: dict[str, Any] = {"np": np, "fx": fx, "nan": np.nan, "inf": np.inf, "scipy": scipy, "tempfile": tempfile}
     if needs_torch:
@@ -1029,7 +1031,8 @@ def copy_arg(obj: Any) -> Any:
 
 def run_program(prog: Program, variant: str, entry: EntryPoint) -> Outcome:
     ns = fresh_namespace("torch" in prog.func or any("torch" in s for s, _ in prog.setup),
-                         "jax" in prog.func or any("jax" in s for s, _ in prog.setup))
+                         "jax" in prog.func or any("jax" in s for s, _ in prog.setup),
+                         any("bfloat16" in s or "float8" in s for s, _ in prog.setup))
     with variant_context(variant), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for src, mode in prog.setup:

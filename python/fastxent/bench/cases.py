@@ -114,7 +114,8 @@ def np_dtype(name: str) -> np.dtype:
         ml_dtypes, why = optional("ml_dtypes")
         if ml_dtypes is None:
             raise RuntimeError(why)
-        return np.dtype(ml_dtypes.bfloat16)
+        bf16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bf16
     return np.dtype(name)
 
 
@@ -199,8 +200,8 @@ def _torch_contender(x: np.ndarray, y: np.ndarray, label: str, name: str = "torc
     def run() -> Any:
         xg = xt.detach().requires_grad_()
         loss = ce(xg, yt)
-        loss.backward()
-        return loss.detach().float()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss.detach()
 
     return Contender(name, label, run, "rss")
 
