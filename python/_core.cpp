@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "fastxent/fastxent.hpp"
@@ -21,15 +22,23 @@ using fastxent::Problem;
 
 namespace {
 
+// The 16-bit storage types: NumPy's float16, and ml_dtypes' bfloat16 (JAX's too),
+// recognised by name and size: this module never imports ml_dtypes.
+bool is_bfloat16_dtype(const py::dtype& d) {
+  return d.itemsize() == 2 && d.kind() == 'V' && py::str(d.attr("name")).cast<std::string>() == "bfloat16";
+}
+
 template <class T>
 bool is_dtype(const py::array& a) {
-  return a.dtype().is(py::dtype::of<T>());
+  if constexpr (std::is_same_v<T, fastxent::bfloat16>) return is_bfloat16_dtype(a.dtype());
+  else if constexpr (std::is_same_v<T, fastxent::float16>) return a.dtype().itemsize() == 2 && a.dtype().kind() == 'f';
+  else return a.dtype().is(py::dtype::of<T>());
 }
 
 // A 2-D array whose rows are contiguous: returns its row stride in elements.
 template <class T>
 int64_t row_stride(const py::array& a, const char* name) {
-  if (a.ndim() != 2 || !is_dtype<T>(a)) throw py::value_error(std::string(name) + ": internal: expected a 2-D array of the logits' dtype");
+  if (a.ndim() != 2 || !is_dtype<T>(a)) throw py::value_error(std::string(name) + ": internal: expected a 2-D array of the expected dtype");
   if (a.shape(1) > 1 && a.strides(1) != static_cast<py::ssize_t>(sizeof(T)))
     throw py::value_error(std::string(name) + ": internal: columns must be contiguous");
   if (a.strides(0) % static_cast<py::ssize_t>(sizeof(T)) != 0)
@@ -82,13 +91,16 @@ template <class T>
 const T* stats_data(const py::array& a, int64_t rows, const char* name) {
   if (!is_dtype<T>(a) || a.ndim() != 2 || a.shape(0) != rows || a.shape(1) != fastxent::kRowStatsWidth ||
       !(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": internal: expected (N, 4) contiguous values of the logits' dtype");
+    throw py::value_error(std::string(name) + ": internal: expected (N, 4) contiguous values of the compute dtype");
   return static_cast<const T*>(a.data());
 }
 
 // Reads the record into Problem<T>: the one place that knows both sides' names.
+// For 16-bit T the record's weight, sparse values and row losses are float32 (C),
+// its dense targets T or float32.
 template <class T>
 Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row_loss, py::object& grad) {
+  using C = fastxent::compute_t<T>;
   Problem<T> p;
   p.rows = logits.shape(0);
   p.classes = logits.shape(1);
@@ -98,8 +110,13 @@ Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row
   if (kind == "dense") {
     py::array y = array_field(rec, "dense_targets");
     p.target_kind = fastxent::TargetKind::dense;
-    p.dense_targets = static_cast<const T*>(y.data());
-    p.targets_row_stride = row_stride<T>(y, "dense_targets");
+    if (fastxent::is_16bit_v<T> && is_dtype<float>(y)) {
+      p.dense_targets_f32 = static_cast<const float*>(y.data());
+      p.targets_row_stride = row_stride<float>(y, "dense_targets");
+    } else {
+      p.dense_targets = static_cast<const T*>(y.data());
+      p.targets_row_stride = row_stride<T>(y, "dense_targets");
+    }
     if (y.shape(0) != p.rows || y.shape(1) != p.classes) throw py::value_error("dense_targets: internal: shape mismatch");
   } else if (kind == "index") {
     py::array idx = array_field(rec, "class_index");
@@ -121,18 +138,18 @@ Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row
     p.sparse_indptr = vector_data<int64_t>(indptr, p.rows + 1, "sparse_indptr");
     const int64_t nnz = indices.ndim() == 1 ? indices.shape(0) : -1;
     p.sparse_indices = vector_data<int64_t>(indices, nnz, "sparse_indices");
-    if (!is_none(rec, "sparse_values")) p.sparse_values = vector_data<T>(array_field(rec, "sparse_values"), nnz, "sparse_values");
+    if (!is_none(rec, "sparse_values")) p.sparse_values = vector_data<C>(array_field(rec, "sparse_values"), nnz, "sparse_values");
   } else {
     throw py::value_error("target_kind: internal: unknown target kind " + kind);
   }
-  if (!is_none(rec, "weight")) p.weight = vector_data<T>(array_field(rec, "weight"), p.classes, "weight");
+  if (!is_none(rec, "weight")) p.weight = vector_data<C>(array_field(rec, "weight"), p.classes, "weight");
   p.ignore_index = field(rec, "ignore_index").cast<int64_t>();
   p.label_smoothing = field(rec, "label_smoothing").cast<double>();
   p.z_loss = field(rec, "z_loss").cast<double>();
   p.softcap = field(rec, "softcap").cast<double>();
   p.reduction = parse_reduction(field(rec, "reduction").cast<std::string>());
-  vector_data<T>(row_loss, p.rows, "row_loss");
-  p.row_loss = mutable_data<T>(row_loss, "row_loss");
+  vector_data<C>(row_loss, p.rows, "row_loss");
+  p.row_loss = mutable_data<C>(row_loss, "row_loss");
   if (!grad.is_none()) {
     py::array g = grad;
     p.grad_row_stride = row_stride<T>(g, "grad");
@@ -140,17 +157,24 @@ Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row
     p.grad = mutable_data<T>(g, "grad");
   }
   if (!is_none(rec, "row_grad_scale"))
-    p.row_grad_scale = vector_data<T>(array_field(rec, "row_grad_scale"), p.rows, "row_grad_scale");
+    p.row_grad_scale = vector_data<C>(array_field(rec, "row_grad_scale"), p.rows, "row_grad_scale");
   if (!is_none(rec, "row_stats")) {
     py::array st = array_field(rec, "row_stats");
-    p.row_stats = mutable_data<T>(st, "row_stats");
-    stats_data<T>(st, p.rows, "row_stats");
+    p.row_stats = mutable_data<C>(st, "row_stats");
+    stats_data<C>(st, p.rows, "row_stats");
   }
   if (!is_none(rec, "given_stats")) {
-    p.given_stats = stats_data<T>(array_field(rec, "given_stats"), p.rows, "given_stats");
+    p.given_stats = stats_data<C>(array_field(rec, "given_stats"), p.rows, "given_stats");
     if (p.grad == nullptr) throw py::value_error("given_stats: internal: a gradient-only call needs grad");
   }
   return p;
+}
+
+template <class T>
+double loss_impl(const py::object& record, py::array& logits, py::array& row_loss, py::object& grad) {
+  Problem<T> p = read_problem<T>(record, logits, row_loss, grad);
+  py::gil_scoped_release release;
+  return fastxent::softmax_cross_entropy(p);
 }
 
 // Fills the record's row_loss (and grad unless None); returns the reduced loss.
@@ -159,17 +183,11 @@ double loss(const py::object& record) {
   py::array logits = array_field(record, "logits");
   py::array row_loss = array_field(record, "row_loss");
   py::object grad = field(record, "grad");
-  if (is_dtype<float>(logits)) {
-    Problem<float> p = read_problem<float>(record, logits, row_loss, grad);
-    py::gil_scoped_release release;
-    return fastxent::softmax_cross_entropy(p);
-  }
-  if (is_dtype<double>(logits)) {
-    Problem<double> p = read_problem<double>(record, logits, row_loss, grad);
-    py::gil_scoped_release release;
-    return fastxent::softmax_cross_entropy(p);
-  }
-  throw py::type_error("logits: internal: expected float32 or float64");
+  if (is_dtype<float>(logits)) return loss_impl<float>(record, logits, row_loss, grad);
+  if (is_dtype<double>(logits)) return loss_impl<double>(record, logits, row_loss, grad);
+  if (is_dtype<fastxent::bfloat16>(logits)) return loss_impl<fastxent::bfloat16>(record, logits, row_loss, grad);
+  if (is_dtype<fastxent::float16>(logits)) return loss_impl<fastxent::float16>(record, logits, row_loss, grad);
+  throw py::type_error("logits: internal: expected float32, float64, float16 or bfloat16");
 }
 
 template <class T>
@@ -198,7 +216,9 @@ void rowwise(const std::string& op_name, py::array x, py::array out) {
   else throw py::value_error("op: internal: unknown row operation " + op_name);
   if (is_dtype<float>(x)) return rowwise_impl<float>(op, x, out);
   if (is_dtype<double>(x)) return rowwise_impl<double>(op, x, out);
-  throw py::type_error("x: internal: expected float32 or float64");
+  if (is_dtype<fastxent::bfloat16>(x)) return rowwise_impl<fastxent::bfloat16>(op, x, out);
+  if (is_dtype<fastxent::float16>(x)) return rowwise_impl<fastxent::float16>(op, x, out);
+  throw py::type_error("x: internal: expected float32, float64, float16 or bfloat16");
 }
 
 // A variant this CPU supports, by name (fastxent.set_simd checks the name first).

@@ -112,6 +112,8 @@ class Program:
             "import fastxent as fx",
             "from numpy import nan, inf",
         ]
+        if any("bfloat16" in s or "float8" in s for s, _ in self.setup):
+            lines.append("import ml_dtypes  # (registers the dtype names 'bfloat16', 'float8_e4m3fn' with NumPy)")
         if "torch" in self.func or any("torch" in s for s, _ in self.setup):
             lines.append("import torch, fastxent.torch")
         if "jax" in self.func or any("jax" in s for s, _ in self.setup):
@@ -129,6 +131,31 @@ class Program:
 
 def _dt(dtype: str) -> str:
     return repr(dtype)
+
+
+def is_bfloat16(dt: np.dtype[Any]) -> bool:
+    """ml_dtypes' bfloat16 (NumPy sees kind 'V')."""
+    return dt.kind == "V" and dt.itemsize == 2 and dt.name == "bfloat16"
+
+
+def rounding16(expected: np.ndarray, store: np.dtype[Any]) -> np.ndarray:
+    """What storing a value in a 16-bit dtype may add on top of the float32 result's error:
+    up to a half spacing on each side of the comparison (the kernel rounds its float32
+    value, _compare rounds the reference), i.e. one spacing at |expected|, doubled for a
+    value just below a power of two; plus the subnormal spacing. 0 for float32/float64."""
+    if store.itemsize != 2:
+        return np.zeros(np.shape(expected))
+    mant, sub = (7, 2.0**-133) if is_bfloat16(store) else (10, 2.0**-24)
+    e = np.abs(np.nan_to_num(np.asarray(expected, np.float64), posinf=0.0, neginf=0.0))
+    return 2 * e * 2.0**-mant + sub
+
+
+def near_float16_overflow(expected: np.ndarray, store: np.dtype[Any]) -> np.ndarray:
+    """Values whose float16 rounding may go either way between 65504 and inf."""
+    if store != np.float16:
+        return np.zeros(np.shape(expected), bool)
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(expected, np.float64)) > 65504 * 0.999
 
 
 def array_lines(var: str, a: dict[str, Any]) -> list[str]:
@@ -318,7 +345,10 @@ def float_array(draw: Any, shape: list[int], dtypes: st.SearchStrategy[str], fil
             "layout": draw(layout_ops(len(shape))), "wrap": wrap}
 
 
-LOGIT_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", ">f4", ">f8", "float16", "int64", "complex64", "<U4", "object", "bool"]))
+LOGIT_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", ">f4", ">f8", "float16", "bfloat16", ">f2",
+                                                                   "float8_e4m3fn", "int64", "complex64", "<U4", "object", "bool"]))
+# The logits' dtypes a loss / rowwise call draws mostly: a third of them 16-bit (issue 13)
+_LOGIT_FLOATS = st.sampled_from(FLOATS + FLOATS + ("float16", "bfloat16"))
 
 
 @functools.cache
@@ -338,11 +368,11 @@ _DENSE_FILLS = st.one_of(
     st.tuples(st.just("normal"), seeds, st.sampled_from([1.0, 1e-3, 100.0]), st.just(0.0)),
     st.tuples(st.just("const"), st.sampled_from(["0.0", "1.0", "-1.0"])),
 )
-_DENSE_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", "bool", "float16", ">f8", ">f4"]))
+_DENSE_DTYPES = st.one_of(st.sampled_from(FLOATS), st.sampled_from(["float32", "float64", "bool", "float16", "bfloat16", ">f8", ">f4"]))
 _WEIGHT_FILLS = st.one_of(st.tuples(st.just("uniform"), seeds, st.just(0.0), st.just(2.0)),
                           st.tuples(st.just("uniform"), seeds, st.just(-1.0), st.just(1.0)),
                           st.tuples(st.just("const"), st.sampled_from(["1.0", "0.0", "1e39", "1e-40"])))
-_WEIGHT_DTYPES = st.sampled_from(["float32", "float64", "float64", "int64", "bool", "float16", ">f8", "complex128"])
+_WEIGHT_DTYPES = st.sampled_from(["float32", "float64", "float64", "int64", "bool", "float16", "bfloat16", ">f8", "complex128"])
 _FLOATS = st.sampled_from(FLOATS)
 
 
@@ -483,7 +513,7 @@ def loss_specs(draw: Any) -> dict[str, Any]:
     k = shape[ax]
     lead = shape[:ax] + shape[ax + 1:]
     n = int(np.prod(lead)) if lead else 1
-    logits = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _FLOATS))
+    logits = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _LOGIT_FLOATS))
     kind = pick(draw, ["index"] * 5 + ["dense"] * 4 + ["sparse"] * 2 + ["odd"])
     if kind == "index":
         targets = {"kind": "index", "array": draw(index_targets(lead, k))}
@@ -509,7 +539,7 @@ def loss_specs(draw: Any) -> dict[str, Any]:
     out = None
     if draw(one_in(5)) and options.get("inplace") != "True":
         oshape = shape if (not draw(one_in(6))) else pick(draw, ([shape[::-1], shape + [1], [0]]))
-        odt = logits["dtype"] if (not draw(one_in(6))) else pick(draw, (["float32", "float64", ">f4", "float16"]))
+        odt = logits["dtype"] if (not draw(one_in(6))) else pick(draw, (["float32", "float64", ">f4", "float16", "bfloat16"]))
         out = {"dtype": odt, "shape": oshape, "fill": ["const", "0.0"], "specials": [], "layout": draw(layout_ops(len(oshape))),
                "wrap": pick(draw, ([None, None, None, None, "list", "memoryview", "torch", "masked", "memmap", "matrix"]))}
     backend = None
@@ -645,7 +675,7 @@ def build_alias(spec: dict[str, Any]) -> Program:
 @st.composite
 def rowwise_specs(draw: Any) -> dict[str, Any]:
     shape, ax = draw(logits_shapes())
-    x = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _FLOATS))
+    x = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(10)) else _LOGIT_FLOATS))
     op = pick(draw, (["logsumexp", "softmax", "log_softmax"]))
     axis = str(ax) if (not draw(one_in(13))) else draw(option_values(2)["axis_odd"])
     return {"entry": "rowwise", "op": op, "x": x, "axis": axis, "all_isa": draw(one_in(4)),
@@ -885,7 +915,9 @@ class Outcome:
     overlap: str = ""  # memory the call must not accept sharing (found on the real arguments)
 
 
-def fresh_namespace(needs_torch: bool, needs_jax: bool) -> dict[str, Any]:
+def fresh_namespace(needs_torch: bool, needs_jax: bool, needs_ml_dtypes: bool = False) -> dict[str, Any]:
+    if needs_ml_dtypes:  # (imported only then: a second a child, which a crash restarts)
+        import ml_dtypes  # noqa: F401 - registers the dtype names 'bfloat16', 'float8_e4m3fn' the programs use
     import scipy.sparse
     ns: dict[str, Any] = {"np": np, "fx": fx, "nan": np.nan, "inf": np.inf, "scipy": scipy, "tempfile": tempfile}
     if needs_torch:
@@ -1013,7 +1045,8 @@ def copy_arg(obj: Any) -> Any:
 
 def run_program(prog: Program, variant: str, entry: EntryPoint) -> Outcome:
     ns = fresh_namespace("torch" in prog.func or any("torch" in s for s, _ in prog.setup),
-                         "jax" in prog.func or any("jax" in s for s, _ in prog.setup))
+                         "jax" in prog.func or any("jax" in s for s, _ in prog.setup),
+                         any("bfloat16" in s or "float8" in s for s, _ in prog.setup))
     with variant_context(variant), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for src, mode in prog.setup:
@@ -1098,12 +1131,14 @@ def check_error(entry: EntryPoint, out: Outcome) -> list[Finding]:
 
 def loss_reference(args: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]] | None:
     """float64 (loss, grad) from tests/reference.py on the call's inputs as the kernels read
-    them (targets, weight and sparse values rounded to the logits' dtype first), plus
-    the per-row quantities the error bound needs. None when the reference cannot say."""
+    them (targets, weight and sparse values rounded to the compute dtype first: the
+    logits', float32 for 16-bit logits), plus the per-row quantities the error bound
+    needs (info["store"]: the gradient's dtype). None when the reference cannot say."""
     x = np.asarray(as_plain(args["logits"]))
-    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8) or x.ndim == 0:
+    if not (x.dtype.kind == "f" and x.dtype.itemsize in (2, 4, 8) or is_bfloat16(x.dtype)) or x.ndim == 0:
         return None
-    dtype = x.dtype.newbyteorder("=")
+    store = x.dtype.newbyteorder("=")
+    dtype = np.dtype(np.float32) if store.itemsize == 2 else store  # the compute dtype
     x = x.astype(np.float64)
     ax = int(args.get("axis", -1)) % x.ndim
     k = x.shape[ax]
@@ -1126,7 +1161,7 @@ def loss_reference(args: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]] | No
         tt: Any = np.moveaxis(dense.reshape(lead + (k,)), -1, ax)
     else:
         tt = np.asarray(as_plain(t))
-        if tt.dtype.kind in "fb":
+        if tt.dtype.kind in "fb" or is_bfloat16(tt.dtype):
             tt = tt.astype(dtype).astype(np.float64)
     w = args.get("weight")
     if w is not None:
@@ -1142,6 +1177,7 @@ def loss_reference(args: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]] | No
     red = str(args.get("reduction", "mean"))
     with np.errstate(all="ignore"):
         info = bound_terms(x, tt, ax, k, w, dtype, opts, red)
+        info["store"] = store
         loss, grad = shifted_reference(x, tt, ax, w, opts, red, info)
     return loss, grad, info
 
@@ -1366,11 +1402,13 @@ def option_refusal(args: dict[str, Any]) -> str:
             return f"{name}={v!r} accepted (out of range)"
         if name == "softcap":
             x = np.asarray(as_plain(args["logits"]))
-            if x.dtype.kind == "f":
+            if x.dtype.kind == "f" or is_bfloat16(x.dtype):
+                # the cap must be finite and positive in the compute dtype (float32 for 16-bit logits)
+                cdt = np.dtype(np.float32) if x.dtype.itemsize == 2 else x.dtype
                 with np.errstate(all="ignore"):
-                    c = x.dtype.type(f)
+                    c = cdt.type(f)
                 if not (np.isfinite(c) and c > 0):
-                    return f"softcap={v!r} accepted for {x.dtype} logits (rounds to {c!r} there)"
+                    return f"softcap={v!r} accepted for {x.dtype} logits (rounds to {c!r} in {cdt})"
     if "ignore_index" in args:
         v = args["ignore_index"]
         if not _is_number(v, "iu") or not -(2**63) <= int(v) < 2**63:
@@ -1430,6 +1468,7 @@ def check_loss(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> 
     red = str(args.get("reduction", "mean"))
     row_b, red_b, grad_b, edge = loss_bounds(info, red)
     dt = info["dtype"]
+    store = info["store"]  # the gradient's dtype: 16-bit logits' gradients are their float32 value rounded
     x = np.asarray(as_plain(args["logits"]))
     ax = int(args.get("axis", -1)) % x.ndim
     lead = x.shape[:ax] + x.shape[ax + 1:]
@@ -1453,7 +1492,9 @@ def check_loss(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> 
             found.append(Finding(entry.name, "reference", f"gradient shape {grad.shape} != logits {x.shape}", o.variant))
             continue
         r_rows = reference._rows(np.asarray(rgrad), ax)
-        why = _compare(g_rows, r_rows, grad_b, np.broadcast_to(edge[:, None], r_rows.shape) | (red != "none" and edge.any()), dt)
+        careless = np.broadcast_to(edge[:, None], r_rows.shape) | (red != "none" and edge.any())
+        careless = careless | near_float16_overflow(r_rows, store)
+        why = _compare(g_rows, r_rows, grad_b + rounding16(r_rows, store), careless, store)
         if why:
             found.append(Finding(entry.name, "reference", f"gradient ({red}): {why}", o.variant))
     found += check_agreement(entry, oks)
@@ -1515,7 +1556,8 @@ def result_types_problem(loss: Any, grad: Any, args: dict[str, Any]) -> str:
     loss a NumPy scalar for "sum"/"mean", an array of the logits' shape without axis for
     "none"; grad an ndarray of the logits' shape (None for return_grad=False)."""
     x = np.asarray(as_plain(args["logits"]))
-    want = x.dtype.newbyteorder("=")
+    want_grad = x.dtype.newbyteorder("=")
+    want = np.dtype(np.float32) if want_grad.itemsize == 2 else want_grad  # the loss: float32 for 16-bit logits
     red = args.get("reduction", "mean")
     ax = int(args.get("axis", -1)) % x.ndim
     lead = x.shape[:ax] + x.shape[ax + 1:]
@@ -1524,8 +1566,8 @@ def result_types_problem(loss: Any, grad: Any, args: dict[str, Any]) -> str:
             return f"loss for reduction='none': {type(loss).__name__} {getattr(loss, 'dtype', '')} {np.shape(loss)}, want {want} {lead}"
     elif not isinstance(loss, np.floating) or loss.dtype != want:
         return f"loss for reduction={red!r}: {type(loss).__name__} {getattr(loss, 'dtype', '')}, want a {want} scalar"
-    if grad is not None and (not isinstance(grad, np.ndarray) or grad.shape != x.shape or grad.dtype != want):
-        return f"grad: {type(grad).__name__} {getattr(grad, 'dtype', '')} {np.shape(grad)}, want {want} {x.shape}"
+    if grad is not None and (not isinstance(grad, np.ndarray) or grad.shape != x.shape or grad.dtype != want_grad):
+        return f"grad: {type(grad).__name__} {getattr(grad, 'dtype', '')} {np.shape(grad)}, want {want_grad} {x.shape}"
     return ""
 
 
@@ -1539,9 +1581,10 @@ def check_rowwise(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) 
         return found
     args = oks[0].args or {}
     x = np.asarray(as_plain(args["x"]))
-    if x.dtype.kind != "f":
+    if x.dtype.kind != "f" and not is_bfloat16(x.dtype):
         return found
-    dt = x.dtype.newbyteorder("=")
+    store = x.dtype.newbyteorder("=")  # the results' dtype
+    dt = np.dtype(np.float32) if store.itemsize == 2 else store  # the compute dtype
     ax = int(args["axis"]) % x.ndim
     k = x.shape[ax]
     rtol = reference.rtol_for(dt, k, 32.0)
@@ -1575,8 +1618,10 @@ def check_rowwise(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) 
                 b = rtol * (np.abs(t) + logk)
             bound = reference._unrows(b, x.shape, ax)
             careless = reference._unrows(np.broadcast_to(edge[:, None], b.shape).copy(), x.shape, ax)
+    bound = bound + rounding16(ref, store)
+    careless = careless | near_float16_overflow(ref, store)
     for o in oks:
-        why = _compare(o.result, ref, bound, careless, dt)
+        why = _compare(o.result, ref, bound, careless, store)
         if why:
             found.append(Finding(entry.name, "reference", f"{op}: {why}", o.variant))
     return found + check_agreement(entry, oks)
@@ -1665,10 +1710,20 @@ def check_torch(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], pr
         rloss, rgrad = ref
         x = (o.args or {})["input"]
         dt = {torch.float32: np.float32, torch.float64: np.float64}.get(x.dtype)
-        if dt is None:
-            continue  # 16-bit inputs go to PyTorch itself
+        eps16 = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}.get(x.dtype)
+        if dt is None and eps16 is None:
+            continue
         c = x.shape[1] if x.dim() > 1 else x.shape[0]
-        rtol = reference.rtol_for(dt, c, 64.0)
+        rtol = reference.rtol_for(dt or np.float32, c, 64.0)
+        if eps16 is not None:
+            # Both sides are 16-bit: PyTorch rounds log_softmax to the dtype before exp()
+            # in its backward (a relative error up to |log p| eps on each softmax value;
+            # p |log p| <= 1/e) and each side rounds its loss and gradient once or twice.
+            # So the gradient agrees within a few eps of the row's largest magnitude, the
+            # loss within a few eps of its size (plus |logits| eps: PyTorch's logits are
+            # rounded the same, but its lse is not)
+            rtol = 8 * eps16
+            dt = np.float32  # compare unrounded: both results are already 16-bit values
         scale = float(spec["scale"]) * 2 + math.log(c) + 1
         # label_smoothing=1 with a -inf logit: every class has target mass eps/K, so the loss
         # is +inf (docs/spec.md); PyTorch computes 0 * inf = NaN for the one-hot part.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 import scipy.sparse
@@ -24,6 +25,8 @@ N, K = 4, 5
 _RNG = np.random.default_rng(7)
 X = _RNG.standard_normal((N, K)).astype(np.float32)
 Y = np.array([0, 1, 2, 3])
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F8 = np.dtype(ml_dtypes.float8_e4m3fn)
 
 
 def x() -> np.ndarray:
@@ -102,10 +105,15 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
     "logits-complex": (lambda b: f(x().astype(complex), Y, backend=b), TypeError, r"^logits: .*got dtype complex128"),
     "logits-string": (lambda b: f(np.array([["a", "b"]]), [0], backend=b), TypeError, r"^logits: .*got dtype <U1"),
     "logits-object": (lambda b: f(x().astype(object), Y, backend=b), TypeError, r"^logits: .*got dtype object"),
-    "logits-float16": (lambda b: f(x().astype(np.float16), Y, backend=b), TypeError, r"^logits: .*got dtype float16"),
+    "logits-float8": (
+        lambda b: f(x().astype(F8), Y, backend=b), TypeError,
+        r"^logits: expected float32, float64, float16 or bfloat16, got dtype float8_e4m3fn",
+    ),
     "logits-k0": (lambda b: f(np.zeros((N, 0), np.float32), Y, backend=b), ValueError, r"^logits: the class axis \(1\) has length 0"),
     "rowwise-0d": (lambda b: fx.logsumexp(np.float64(1), backend=b), ValueError, r"^x: expected at least 1 dim"),
-    "rowwise-int": (lambda b: fx.softmax(np.arange(3), backend=b), TypeError, r"^x: expected float32 or float64"),
+    "rowwise-int": (
+        lambda b: fx.softmax(np.arange(3), backend=b), TypeError, r"^x: expected float32, float64, float16 or bfloat16"
+    ),
     "rowwise-k0": (lambda b: fx.log_softmax(np.zeros((2, 0)), backend=b), ValueError, r"^x: axis 1 has length 0"),
     "targets-float-labels": (
         lambda b: f(x(), Y.astype(np.float32), backend=b),
@@ -212,7 +220,37 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
         r"^logits \(inplace=True\): its layout .* cannot be viewed as rows of classes without a copy",
     ),
     "inplace-int": (
-        lambda b: f(x().astype(int), Y, inplace=True, backend=b), TypeError, r"^logits: expected float32 or float64"
+        lambda b: f(x().astype(int), Y, inplace=True, backend=b), TypeError, r"^logits: expected float32, float64, float16"
+    ),
+    "inplace-float16-byteorder": (
+        lambda b: f(x().astype(">f2"), Y, inplace=True, backend=b),
+        ValueError,
+        r"^inplace: logits of dtype >f2 \(non-native byte order\) would need a converting copy",
+    ),
+    "out-dtype-16bit": (
+        lambda b: f(x().astype(BF16), Y, out=np.empty((N, K), np.float32), backend=b),
+        ValueError,
+        r"^out: expected shape \(4, 5\) and dtype bfloat16 \(native byte order\), got shape \(4, 5\) and dtype float32",
+    ),
+    "out-float16-for-bfloat16": (
+        lambda b: f(x().astype(BF16), Y, out=np.empty((N, K), np.float16), backend=b),
+        ValueError,
+        r"^out: expected shape \(4, 5\) and dtype bfloat16",
+    ),
+    "weight-nan-bfloat16": (
+        lambda b: f(x().astype(BF16), Y, weight=np.array([1, 1, np.nan, 1, 1], BF16), backend=b),
+        ValueError,
+        r"^weight: must be finite, got nan for class 2",
+    ),
+    "targets-bfloat16-labels": (
+        lambda b: f(x().astype(BF16), Y.astype(BF16), backend=b),
+        ValueError,
+        r"^targets: dense .*got \(4,\); class indices must have an integer dtype",
+    ),
+    "softcap-beyond-float32-16bit": (
+        lambda b: f(x().astype(np.float16), Y, softcap=1e39, backend=b),
+        ValueError,
+        r"^softcap: 1e\+39 is not a positive finite float32 value \(the dtype the loss is computed in\)",
     ),
     "inplace-byteorder": (
         lambda b: f(x().astype(">f4"), Y, inplace=True, backend=b),
@@ -499,7 +537,52 @@ def _value_zero_weight_mean(b: str) -> None:
     assert np.isfinite(loss)
 
 
+def _value_16bit_special_rows(b: str) -> None:
+    """The NaN rows above, and a masked class, with bfloat16 / float16 logits (16-bit
+    dense targets too): the same special values in the same places, the other rows
+    as the float64 reference of the 16-bit values (loss float32-close, gradient within
+    a 16-bit rounding)."""
+    for dtype in (BF16, np.dtype(np.float16)):
+        cases = [(1, *make()) for make in NAN_ROWS.values()]
+        masked = _with(x(), (1, 4), -np.inf)  # Y[1] == 1: no mass on class 4
+        cases += [(-1, masked, Y), (-1, masked, _dense_y() * (np.arange(K) != 4))]
+        for bad, logits, targets in cases:
+            lx = logits.astype(dtype)
+            t = targets.astype(dtype) if isinstance(targets, np.ndarray) and targets.dtype.kind == "f" else targets
+            loss, grad = f(lx, t, reduction="none", backend=b)
+            assert loss.dtype == np.float32 and grad is not None and grad.dtype == dtype
+            g = grad.astype(np.float64)
+            keep = [i for i in range(N) if i != bad]
+            if bad >= 0:
+                assert np.isnan(loss[bad]) and np.isnan(g[bad]).all()
+            else:
+                assert g[1, 4] == 0.0 and np.isfinite(g).all()
+            dense_t = t.to_dense(K) if isinstance(t, fx.SparseTargets) else np.asarray(t)
+            dense_t = dense_t if dense_t.dtype.kind in "iu" else dense_t.astype(np.float64)
+            ref_loss, ref_grad = cross_entropy(lx[keep].astype(np.float64), dense_t[keep], reduction="none")
+            np.testing.assert_allclose(loss[keep], ref_loss, rtol=1e-5, atol=1e-6)
+            eps = float(ml_dtypes.finfo(dtype).eps)  # one 16-bit rounding of each element
+            np.testing.assert_allclose(g[keep], ref_grad, rtol=eps, atol=1e-7)
+
+
+def _value_float16_gradient_overflow(b: str) -> None:
+    """A gradient element beyond float16's range rounds to -inf like any float16 value;
+    the loss (float32) stays finite."""
+    w = np.full(K, 1e6, np.float32)
+    a = np.zeros((N, K), np.float16)  # softmax 1/5: gradient at the target -0.8e6, elsewhere 0.2e6
+    loss, grad = f(a, Y, weight=w, reduction="sum", backend=b)
+    assert grad is not None
+    assert np.isfinite(loss) and np.asarray(loss).dtype == np.float32
+    assert np.all(grad[np.arange(N), Y] == -np.inf)
+    other = grad.astype(np.float64)[np.arange(K)[None, :] != Y[:, None]]
+    assert np.all(other == np.inf)  # 2e5 > 65504 too
+    loss, grad = f(a, Y, weight=w / 20, reduction="sum", backend=b)  # 0.8e6/20 = 40000: finite
+    assert grad is not None and np.isfinite(grad.astype(np.float32)).all()
+
+
 VALUES: dict[str, Callable[[str], None]] = {
+    "16bit-special-rows": _value_16bit_special_rows,
+    "float16-gradient-overflow": _value_float16_gradient_overflow,
     "neginf-logit-no-target": _value_neginf_logit_no_target,
     "neginf-logit-on-target": _value_neginf_logit_on_target,
     "negative-weight": _value_negative_weight,

@@ -92,7 +92,8 @@ def test_every_known_input_kind_is_drawn() -> None:
     seen: set[str] = set()
     sections = [fuzz_api.ENTRY_POINTS[n] for n in ("loss", "sparse", "alias")]
 
-    @settings(max_examples=300, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    # (500: the 16-bit dtypes widened the draws; 300 no longer reached the rare attr-indptr mutation)
+    @settings(max_examples=500, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(st.one_of(*[e.strategy for e in sections]))
     def draw(spec: dict) -> None:  # type: ignore[type-arg]
         src = fuzz_api.ENTRY_POINTS[spec["entry"]].build(spec).source()

@@ -55,7 +55,7 @@ def _run(engine: str, x: np.ndarray, t: Any, opts: dict[str, Any], *, reduction:
         softcap=opts.get("softcap"), return_grad=True, out=None, inplace=inplace,
     )
     if row_stats:
-        p.row_stats = np.full((x.shape[0], 4), -7, x.dtype)
+        p.row_stats = np.full((x.shape[0], 4), -7, np.float32 if x.dtype.itemsize == 2 else x.dtype)  # compute dtype
     p.given_stats = given
     p.row_grad_scale = row_scale
     core = None if engine == "numpy" else _backend.require_core()
@@ -164,3 +164,27 @@ def test_mean_reduction_scale_applies_in_gradient_mode(engine: str) -> None:
     fused = _run(engine, x, t, {"weight": True}, reduction="mean", row_stats=True)
     given = _run(engine, x, t, {"weight": True}, reduction="mean", given=fused.row_stats)
     np.testing.assert_allclose(given.grad, fused.grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_gradient_from_statistics_in_16_bit(engine: str, kind: str, dtype_name: str) -> None:
+    # 16-bit logits: statistics in float32, the gradient rounded once from float32 (a
+    # T scratch row, entry corrections added before rounding), as the fused call does.
+    dtype = np.dtype(np.float16) if dtype_name == "float16" else np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    rng = np.random.default_rng(11)
+    n, k = 9, 3000
+    x = (rng.standard_normal((n, k)) * 3).astype(dtype)
+    t = _targets(kind, n, k, np.float32, rng)
+    fused = _run(engine, x, t, {"label_smoothing": 0.1}, row_stats=True)
+    assert fused.row_stats.dtype == np.float32
+    ct = rng.standard_normal(n).astype(np.float32)
+    given = _run(engine, x, t, {"label_smoothing": 0.1}, given=fused.row_stats, row_scale=ct)
+    assert given.grad.dtype == dtype
+    want = fused.grad.astype(np.float64) * ct[:, None]
+    got = given.grad.astype(np.float64)
+    eps = 2.0 ** (-10 if dtype_name == "float16" else -7)
+    # one rounding of each side to the 16-bit dtype, plus float32 noise at the scale of the row
+    assert np.all(np.abs(got - want) <= 2 * eps * np.abs(want) + 1e-6 * np.abs(ct)[:, None]), np.abs(got - want).max()
+    inplace = _run(engine, x.copy(), t, {"label_smoothing": 0.1}, given=fused.row_stats, row_scale=ct, inplace=True)
+    np.testing.assert_array_equal(inplace.grad.view(np.uint16), given.grad.view(np.uint16))

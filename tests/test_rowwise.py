@@ -159,8 +159,8 @@ def test_float32_accuracy_at_least_pytorchs(
     ("x", "kwargs", "error", "match"),
     [
         (np.zeros((3, 0)), {}, ValueError, "length 0"),
-        (np.zeros((2, 3), np.int64), {}, TypeError, "float32 or float64"),
-        (np.zeros((2, 3), np.float16), {}, TypeError, "float32 or float64"),
+        (np.zeros((2, 3), np.int64), {}, TypeError, "float32, float64, float16 or bfloat16"),
+        (np.zeros((2, 3), np.complex64), {}, TypeError, "float32, float64, float16 or bfloat16"),
         (np.float64(1.0), {}, ValueError, "dimension"),
         (np.zeros((2, 3)), {"axis": 2}, ValueError, "axis"),
         (np.zeros((2, 3)), {"axis": 1.0}, TypeError, "axis"),

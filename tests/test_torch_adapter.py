@@ -229,8 +229,19 @@ def test_all_rows_ignored_gives_torchs_nan() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_falls_back_to_torch(dtype: torch.dtype, api_calls: list[int]) -> None:
+def test_half_precision_runs_the_kernel(dtype: torch.dtype, api_calls: list[int]) -> None:
+    """16-bit tensors are no fallback: the kernel runs (parity: tests/test_low_precision.py)."""
     x, t, opts = _problem((6, K), "index", "all", dtype)
+    loss, grad = _loss_and_grad(cross_entropy, x, t, **opts)
+    assert api_calls == [1]
+    assert loss.dtype == dtype and grad.dtype == dtype
+
+
+def test_bfloat16_without_ml_dtypes_falls_back_to_torch(api_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastxent.torch as ft
+
+    monkeypatch.setattr(ft, "_BFLOAT16", [None])  # as if ml_dtypes were not installed
+    x, t, opts = _problem((6, K), "index", "all", torch.bfloat16)
     loss, grad = _loss_and_grad(cross_entropy, x, t, **opts)
     ref_loss, ref_grad = _loss_and_grad(F.cross_entropy, x, t, **opts)
     assert api_calls == []

@@ -22,9 +22,11 @@ bool cpu_has(Isa isa) {
   if (!isa_built(isa)) return false;
   switch (isa) {
     case Isa::generic: return true;
-    case Isa::avx2: return FASTXENT_CPU_SUPPORTS("avx2") && FASTXENT_CPU_SUPPORTS("fma");
+    case Isa::avx2:
+      return FASTXENT_CPU_SUPPORTS("avx2") && FASTXENT_CPU_SUPPORTS("fma") && FASTXENT_CPU_SUPPORTS("f16c");
     case Isa::avx512:
-      return FASTXENT_CPU_SUPPORTS("avx512f") && FASTXENT_CPU_SUPPORTS("avx512dq") && cpu_has(Isa::avx2);
+      return FASTXENT_CPU_SUPPORTS("avx512f") && FASTXENT_CPU_SUPPORTS("avx512dq") && FASTXENT_CPU_SUPPORTS("avx512bw") &&
+             FASTXENT_CPU_SUPPORTS("avx512vl") && cpu_has(Isa::avx2);
   }
   return false;
 }
@@ -44,22 +46,25 @@ template <class T>
 struct Entries {
   double (*loss)(const Problem<T>&);
   void (*rowwise)(RowOp, const T*, int64_t, int64_t, int64_t, T*, int64_t);
-  void (*exp)(const T*, T*, int64_t);
+  void (*exp)(const T*, T*, int64_t);  // nullptr for the 16-bit types
 };
 
 template <class T>
 Entries<T> entries(Isa isa) {
   switch (isa) {
-#define FASTXENT_ENTRIES_CASE_(name)                                                             \
-  case Isa::name:                                                                                \
-    if constexpr (isa_built(Isa::name))                                                          \
-      return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, &name##_isa::run_exp<T>}; \
+#define FASTXENT_ENTRIES_CASE_(name)                                                               \
+  case Isa::name:                                                                                  \
+    if constexpr (isa_built(Isa::name)) {                                                          \
+      if constexpr (is_16bit_v<T>) return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, nullptr}; \
+      else return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, &name##_isa::run_exp<T>};       \
+    }                                                                                              \
     break;
     FASTXENT_ISA_TABLE(FASTXENT_ENTRIES_CASE_)
 #undef FASTXENT_ENTRIES_CASE_
   }
   // A variant this build lacks is never active (cpu_has is false for it).
-  return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, &generic_isa::run_exp<T>};
+  if constexpr (is_16bit_v<T>) return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, nullptr};
+  else return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, &generic_isa::run_exp<T>};
 }
 
 }  // namespace
@@ -126,6 +131,10 @@ template double softmax_cross_entropy<float>(const Problem<float>&);
 template double softmax_cross_entropy<double>(const Problem<double>&);
 template void rowwise<float>(RowOp, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 template void rowwise<double>(RowOp, const double*, int64_t, int64_t, int64_t, double*, int64_t);
+template double softmax_cross_entropy<bfloat16>(const Problem<bfloat16>&);
+template double softmax_cross_entropy<float16>(const Problem<float16>&);
+template void rowwise<bfloat16>(RowOp, const bfloat16*, int64_t, int64_t, int64_t, bfloat16*, int64_t);
+template void rowwise<float16>(RowOp, const float16*, int64_t, int64_t, int64_t, float16*, int64_t);
 template void vector_exp<float>(Isa, const float*, float*, int64_t);
 template void vector_exp<double>(Isa, const double*, double*, int64_t);
 

@@ -1,7 +1,11 @@
-// AVX2 + FMA vector types (8 floats / 4 doubles). Compile with -mavx2 -mfma.
+// AVX2 + FMA vector types (8 floats / 4 doubles). Compile with -mavx2 -mfma -mf16c.
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "fastxent/fastxent.hpp"
 
 namespace fastxent::avx2_isa {
 
@@ -30,6 +34,43 @@ struct Vec<float> {
   static constexpr uintptr_t stream_alignment = 32;
   void stream(float* p) const { _mm256_stream_ps(p, v); }
   static void stream_fence() { _mm_sfence(); }
+
+  // 16-bit storage: bfloat16 by integer widening and shift, rounding to nearest even
+  // in integers (NaN made quiet, never rounded into infinity); float16 by F16C.
+  // 8 values = 16 bytes: the streaming store needs 16-byte alignment.
+  static Vec from_bits(const bfloat16*, __m128i h) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  }
+  static Vec from_bits(const float16*, __m128i h) { return {_mm256_cvtph_ps(h)}; }
+  __m128i to_bits(const bfloat16*) const {
+    const __m256i u = _mm256_castps_si256(v), hi = _mm256_srli_epi32(u, 16);
+    const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    const __m256i qnan = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_packus_epi32(r, r);  // per 128-bit half: r0-3 r0-3 | r4-7 r4-7
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+  }
+  __m128i to_bits(const float16*) const { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load(const H* p) { return from_bits(p, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load_partial(const H* p, int64_t n, float fill) {
+    alignas(16) uint16_t buf[8] = {};
+    std::memcpy(buf, p, size_t(n) * 2);
+    const Vec r = from_bits(p, _mm_load_si128(reinterpret_cast<const __m128i*>(buf)));
+    return {_mm256_blendv_ps(_mm256_set1_ps(fill), r.v, _mm256_castsi256_ps(tail_mask(n)))};
+  }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store(H* p) const { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bits(p)); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store_partial(H* p, int64_t n) const {
+    alignas(16) uint16_t buf[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(buf), to_bits(p));
+    std::memcpy(p, buf, size_t(n) * 2);
+  }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void stream(H* p) const { _mm_stream_si128(reinterpret_cast<__m128i*>(p), to_bits(p)); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }

@@ -1,7 +1,11 @@
-// AVX-512F vector types (16 floats / 8 doubles). Compile with -mavx512f -mavx512dq.
+// AVX-512 vector types (16 floats / 8 doubles). Compile with -mavx512f -mavx512dq
+// -mavx512bw -mavx512vl (16-bit tails) -mf16c.
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
+#include <type_traits>
+
+#include "fastxent/fastxent.hpp"
 
 namespace fastxent::avx512_isa {
 
@@ -25,6 +29,38 @@ struct Vec<float> {
   static constexpr uintptr_t stream_alignment = 64;
   void stream(float* p) const { _mm512_stream_ps(p, v); }
   static void stream_fence() { _mm_sfence(); }
+
+  // 16-bit storage: bfloat16 by integer widening and shift, rounding to nearest even
+  // in integers (not AVX512_BF16's vcvtneps2bf16, which this unit's flags do not
+  // assume and which flushes subnormals to zero); float16 by AVX-512F's vcvtph2ps /
+  // vcvtps2ph. Tails by AVX512BW+VL masked 16-bit moves. 16 values = 32 bytes: the
+  // streaming store needs 32-byte alignment.
+  static Vec from_bits(const bfloat16*, __m256i h) {
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  static Vec from_bits(const float16*, __m256i h) { return {_mm512_cvtph_ps(h)}; }
+  __m256i to_bits(const bfloat16*) const {
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
+    const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), hi, _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+  }
+  __m256i to_bits(const float16*) const { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load(const H* p) { return from_bits(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load_partial(const H* p, int64_t n, float fill) {
+    const __mmask16 m = tail_mask(n);
+    const Vec r = from_bits(p, _mm256_maskz_loadu_epi16(m, p));
+    return {_mm512_mask_blend_ps(m, _mm512_set1_ps(fill), r.v)};
+  }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store(H* p) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bits(p)); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store_partial(H* p, int64_t n) const { _mm256_mask_storeu_epi16(p, tail_mask(n), to_bits(p)); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void stream(H* p) const { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_bits(p)); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }

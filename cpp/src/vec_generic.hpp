@@ -4,6 +4,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include "fastxent/fastxent.hpp"
 
 namespace fastxent::generic_isa {
 
@@ -32,6 +35,23 @@ struct Vec {
   static constexpr uintptr_t stream_alignment = sizeof(T);
   void stream(T* p) const { store(p); }
   static void stream_fence() {}
+
+  // 16-bit storage (bfloat16 / float16; T = float): widened on load, rounded to
+  // nearest even on store (fastxent.hpp's scalar conversions, lane by lane).
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load(const H* p) { Vec r; for (int i = 0; i < L; ++i) r.v[i] = to_float(p[i]); return r; }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  static Vec load_partial(const H* p, int64_t n, T fill) {
+    Vec r;
+    for (int i = 0; i < L; ++i) r.v[i] = i < n ? to_float(p[i]) : fill;
+    return r;
+  }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store(H* p) const { for (int i = 0; i < L; ++i) p[i] = from_float<H>(v[i]); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void store_partial(H* p, int64_t n) const { for (int i = 0; i < L && i < n; ++i) p[i] = from_float<H>(v[i]); }
+  template <class H, class = std::enable_if_t<is_16bit_v<H>>>
+  void stream(H* p) const { store(p); }
 
   friend Vec operator+(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] += b.v[i]; return a; }
   friend Vec operator-(Vec a, Vec b) { for (int i = 0; i < L; ++i) a.v[i] -= b.v[i]; return a; }

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -228,6 +230,222 @@ void run_all(fx::Isa isa) {
   test_thread_count_invariance<T>();
 }
 
+// ---- 16-bit storage ----------------------------------------------------------
+
+// Round to nearest even of a double to a format with `mant` stored mantissa bits,
+// minimum normal exponent `emin` and maximum finite value `max`: an independent
+// reference for the header's scalar conversions.
+double round_ref(double v, int mant, int emin, double max) {
+  if (std::isnan(v) || v == 0) return v;
+  const double a = std::fabs(v);
+  int e;
+  std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1)
+  const int exp = std::max(e - 1, emin);
+  const double ulp = std::ldexp(1.0, exp - mant);
+  double r = std::nearbyint(a / ulp) * ulp;  // default rounding mode: to nearest even
+  if (r > max) {
+    // halfway to the next power beyond max still rounds to max when max's last bit is even
+    const double top = max + ulp / 2;
+    r = a < top ? max : INFINITY;
+  }
+  return std::copysign(r, v);
+}
+
+template <class S>
+void test_conversions() {
+  const bool bf = std::is_same_v<S, fx::bfloat16>;
+  const int mant = bf ? 7 : 10, emin = bf ? -126 : -14;
+  const double max = bf ? 3.3895313892515355e38 : 65504.0;
+  long bad = 0;
+  // Every 16-bit pattern widens and narrows back to itself (NaN stays NaN).
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const S h{uint16_t(b)};
+    const float f = fx::to_float(h);
+    const S back = fx::from_float<S>(f);
+    if (std::isnan(f) ? !std::isnan(fx::to_float(back)) : back.bits != h.bits) ++bad;
+  }
+  // A sample of float32 bit patterns: rounded to nearest even like the reference.
+  for (uint64_t u = 0; u < (uint64_t(1) << 32); u += 65521) {
+    float f;
+    const uint32_t bits = uint32_t(u);
+    std::memcpy(&f, &bits, 4);
+    const double got = double(fx::to_float(fx::from_float<S>(f))), want = round_ref(double(f), mant, emin, max);
+    if (std::isnan(want) ? !std::isnan(got) : got != want || std::signbit(got) != std::signbit(want)) {
+      if (bad++ < 5) std::fprintf(stderr, "FAIL [%s] rounding %.9g: got %.9g want %.9g\n", g_where.c_str(), f, got, want);
+    }
+  }
+  // Ties to even, at the halfway points.
+  const float tie = bf ? 1.0f + 1.0f / 256 : 1.0f + 1.0f / 2048;  // halfway between 1 and its successor
+  if (fx::to_float(fx::from_float<S>(tie)) != 1.0f) ++bad;
+  if (bad) {
+    g_failures += int(bad);
+    std::fprintf(stderr, "FAIL [%s] %ld conversion mismatch(es)\n", g_where.c_str(), bad);
+  }
+}
+
+// The 16-bit kernels compute exactly what the float kernels compute on the widened
+// values, then round: so for every variant, every 16-bit output must equal the float
+// output rounded to S, bit for bit (the per-row losses, in float, exactly). Covers
+// tails, several blocks, NaN/inf/-inf rows, ignored rows, weights, smoothing, soft
+// cap, dense targets in S and in float, sparse rows with duplicates, in place,
+// streaming stores, and 1 or 2 threads.
+template <class S>
+struct Twin {
+  int64_t n, k;
+  std::vector<S> x, y, g;
+  std::vector<float> xf, yf, gf, loss16, loss32, weight, values;
+  std::vector<int64_t> index, indptr, indices;
+  Twin(int64_t rows, int64_t classes) : n(rows), k(classes) {
+    const size_t nk = size_t(n * k);
+    x.resize(nk);
+    y.resize(nk);
+    yf.resize(nk);
+    for (size_t i = 0; i < nk; ++i) {
+      x[i] = fx::from_float<S>(float(std::sin(double(i) * 0.7) * 6 + std::cos(double(i) * 0.013) * 3));
+      yf[i] = float((i * 7919) % 13 == 0) * 0.75f + float(i % 5 == 0) * 0.125f;
+      y[i] = fx::from_float<S>(yf[i]);
+    }
+    if (n > 3) {  // a NaN row, a +inf row, an all -inf row
+      x[size_t(1 * k + 2)] = fx::from_float<S>(NAN);
+      x[size_t(2 * k + 1)] = fx::from_float<S>(INFINITY);
+      for (int64_t j = 0; j < k; ++j) x[size_t(3 * k + j)] = fx::from_float<S>(-INFINITY);
+    }
+    for (int64_t j = 0; j < k; j += 3) x[size_t(j)] = fx::from_float<S>(-INFINITY);  // masked classes, zero targets
+    for (int64_t j = 0; j < k; j += 3) { y[size_t(j)] = S{0}; yf[size_t(j)] = 0; }
+    xf.resize(nk);
+    for (size_t i = 0; i < nk; ++i) xf[i] = fx::to_float(x[i]);
+    for (int64_t i = 0; i < n; ++i) index.push_back(i % 4 == 3 ? -100 : (i * 131 + 1) % k);
+    for (int64_t j = 0; j < k; ++j) weight.push_back(float(1 + j % 3) * 0.5f);
+    indptr.push_back(0);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c : {(i * 17 + 1) % k, (i * 29 + 4) % k, (i * 17 + 1) % k}) {  // a duplicate
+        indices.push_back(c);
+        values.push_back(0.25f + float(c % 3));
+      }
+      indptr.push_back(int64_t(indices.size()));
+    }
+  }
+  template <class P, class G>
+  void setup(P& p, const G* logits, G* grad, int mode) {
+    p.rows = n;
+    p.classes = k;
+    p.logits = logits;
+    p.logits_row_stride = k;
+    p.grad = grad;
+    p.grad_row_stride = k;
+    p.reduction = fx::Reduction::mean;
+    if (mode % 4 == 0) {
+      p.target_kind = fx::TargetKind::index64;
+      p.index64 = index.data();
+    } else if (mode % 4 == 3) {
+      p.target_kind = fx::TargetKind::sparse;
+      p.sparse_indptr = indptr.data();
+      p.sparse_indices = indices.data();
+      p.sparse_values = values.data();
+    } else {
+      p.target_kind = fx::TargetKind::dense;
+      p.targets_row_stride = k;
+    }
+    if (mode & 4) p.weight = weight.data();
+    if (mode & 8) p.label_smoothing = 0.1;
+    if (mode & 16) p.softcap = 5.0;
+  }
+  // Returns the number of mismatches.
+  long run(int mode, bool inplace) {
+    fx::Problem<float> pf;
+    fx::Problem<S> ps;
+    std::vector<S> x16 = x;
+    gf.assign(size_t(n * k), 0);
+    g.assign(size_t(n * k), S{0});
+    loss32.assign(size_t(n), 0);
+    loss16.assign(size_t(n), 0);
+    setup(pf, xf.data(), gf.data(), mode);
+    setup(ps, x16.data(), inplace ? x16.data() : g.data(), mode);
+    if (mode % 4 == 1) {  // dense in S: the float twin reads the widened targets
+      std::vector<float> yw(y.size());
+      for (size_t i = 0; i < y.size(); ++i) yw[i] = fx::to_float(y[i]);
+      pf.dense_targets = yw.data();
+      ps.dense_targets = y.data();
+      return compare(pf, ps, inplace ? x16 : g);
+    }
+    if (mode % 4 == 2) {  // dense in float32
+      pf.dense_targets = yf.data();
+      ps.dense_targets_f32 = yf.data();
+    }
+    return compare(pf, ps, inplace ? x16 : g);
+  }
+  long compare(fx::Problem<float>& pf, fx::Problem<S>& ps, const std::vector<S>& grad16) {
+    pf.row_loss = loss32.data();
+    ps.row_loss = loss16.data();
+    const double l32 = fx::softmax_cross_entropy(pf), l16 = fx::softmax_cross_entropy(ps);
+    long bad = 0;
+    if (!(l32 == l16 || (std::isnan(l32) && std::isnan(l16)))) ++bad;
+    for (size_t i = 0; i < loss32.size(); ++i)
+      if (!(loss32[i] == loss16[i] || (std::isnan(loss32[i]) && std::isnan(loss16[i])))) ++bad;
+    for (size_t i = 0; i < gf.size(); ++i) {
+      const S want = fx::from_float<S>(gf[i]);
+      const bool nan = std::isnan(gf[i]) && std::isnan(fx::to_float(grad16[i]));
+      if (!nan && want.bits != grad16[i].bits) {
+        if (bad < 3)
+          std::fprintf(stderr, "  [%s] grad[%zu]: float %.9g, 16-bit %.9g\n", g_where.c_str(), i, double(gf[i]),
+                       double(fx::to_float(grad16[i])));
+        ++bad;
+      }
+    }
+    return bad;
+  }
+};
+
+template <class S>
+void test_16bit_matches_float() {
+  struct Shape { int64_t n, k; };
+  // tails and one block; several blocks with a tail; few rows, many blocks (the
+  // blocks split across threads); large enough to stream the gradient (>= 16 MiB).
+  for (Shape sh : {Shape{9, 37}, Shape{12, 4133}, Shape{1, 9000}, Shape{2048, 4100}}) {
+    Twin<S> t(sh.n, sh.k);
+    const bool big = sh.n * sh.k > 1000000;
+    for (int threads : {1, 2}) {
+      fx::set_num_threads(threads);
+      for (int mode = 0; mode < 32; ++mode) {
+        if (big && (mode & 12)) continue;  // keep the big shape to the plain variants
+        for (bool inplace : {false, true}) {
+          const long bad = t.run(mode, inplace);
+          if (bad) {
+            g_failures += int(bad);
+            std::fprintf(stderr, "FAIL [%s] 16-bit vs float: %ld mismatch(es), %lldx%lld mode %d inplace %d threads %d\n",
+                         g_where.c_str(), bad, (long long)sh.n, (long long)sh.k, mode, int(inplace), threads);
+          }
+        }
+      }
+    }
+  }
+  // Row-wise: the same rule.
+  Twin<S> t(7, 2100);
+  for (fx::RowOp op : {fx::RowOp::logsumexp, fx::RowOp::softmax, fx::RowOp::log_softmax}) {
+    std::vector<float> of(t.x.size());
+    std::vector<S> o16(t.x.size());
+    fx::rowwise(op, t.xf.data(), t.n, t.k, t.k, of.data(), t.k);
+    fx::rowwise(op, t.x.data(), t.n, t.k, t.k, o16.data(), t.k);
+    const size_t m = op == fx::RowOp::logsumexp ? size_t(t.n) : of.size();
+    long bad = 0;
+    for (size_t i = 0; i < m; ++i) {
+      const S want = fx::from_float<S>(of[i]);
+      if (want.bits != o16[i].bits && !(std::isnan(of[i]) && std::isnan(fx::to_float(o16[i])))) ++bad;
+    }
+    if (bad) {
+      g_failures += int(bad);
+      std::fprintf(stderr, "FAIL [%s] rowwise op %d: %ld mismatch(es)\n", g_where.c_str(), int(op), bad);
+    }
+  }
+}
+
+template <class S>
+void run_16bit(fx::Isa isa) {
+  g_where = std::string(fx::isa_name(isa)) + (std::is_same_v<S, fx::bfloat16> ? " bfloat16" : " float16");
+  if (isa == fx::all_isas()[0]) test_conversions<S>();
+  test_16bit_matches_float<S>();
+}
+
 }  // namespace
 
 int main() {
@@ -250,6 +468,8 @@ int main() {
     const int failures_before = g_failures;
     run_all<float>(isa);
     run_all<double>(isa);
+    run_16bit<fx::bfloat16>(isa);
+    run_16bit<fx::float16>(isa);
     ++variants;
     std::printf("%s: %d failed check(s)\n", fx::isa_name(isa), g_failures - failures_before);
   }

@@ -16,6 +16,8 @@ import numpy as np
 REDUCTIONS = ("none", "sum", "mean")
 BACKENDS = ("auto", "cpp", "numpy")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT16 = np.dtype(np.float16)
+FLOAT32 = FLOAT_DTYPES[0]
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
 _PLAIN_NUMBERS = (float, int)
@@ -76,6 +78,28 @@ def as_writable_array(obj: Any, name: str) -> np.ndarray:
     return arr
 
 
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """ml_dtypes' bfloat16 (JAX's too), recognised without importing ml_dtypes: whoever
+    holds such an array has the package loaded already."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16" and dtype.fields is None
+
+
+def is_16bit(dtype: np.dtype) -> bool:
+    """bfloat16 or native float16: stored in 16 bits, computed in float32."""
+    return dtype is FLOAT16 or dtype == FLOAT16 or is_bfloat16(dtype)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """What the kernels compute a dtype's logits in, and the dtype of the loss, the
+    weights and sparse values they read: float32 for the 16-bit dtypes."""
+    return FLOAT32 if is_16bit(dtype) else dtype
+
+
+def is_float_like(dtype: np.dtype) -> bool:
+    """A real floating dtype, bfloat16 included (NumPy gives it kind 'V')."""
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
 def builtin_dtype(a: np.ndarray) -> np.ndarray:
     """The same memory under NumPy's own dtype object for its kind and size. The
     binding matches dtypes by identity, and an equal descriptor (one with metadata,
@@ -83,7 +107,9 @@ def builtin_dtype(a: np.ndarray) -> np.ndarray:
     object. Only for native-order dtypes."""
     canon = _BUILTIN.get(a.dtype)  # equal dtypes hash alike: one lookup, no parsing
     if canon is None:
-        canon = _BUILTIN.setdefault(a.dtype, np.dtype(f"{a.dtype.kind}{a.dtype.itemsize}"))  # longlong -> int64
+        # longlong -> int64; bfloat16 is ml_dtypes' one object already (NumPy calls it 'V2')
+        builtin = a.dtype if is_bfloat16(a.dtype) else np.dtype(f"{a.dtype.kind}{a.dtype.itemsize}")
+        canon = _BUILTIN.setdefault(a.dtype, builtin)
     return a if a.dtype is canon else a.view(canon)
 
 
@@ -91,13 +117,13 @@ _BUILTIN: dict[np.dtype, np.dtype] = {}
 
 
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
-    """Logits as a native-order float32/float64 array (one converting copy for a
-    non-native byte order), at least 1-D."""
+    """Logits as a native-order float32/float64/float16/bfloat16 array (one converting
+    copy for a non-native byte order), at least 1-D."""
     x = as_array(logits, name)
-    if x.dtype.kind == "f" and x.dtype.itemsize in (4, 8) and not x.dtype.isnative:
+    if x.dtype.kind == "f" and x.dtype.itemsize in (2, 4, 8) and not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected float32 or float64, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES and not is_16bit(x.dtype):
+        raise TypeError(f"{name}: expected float32, float64, float16 or bfloat16, got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError(f"{name}: expected at least 1 dimension (the class axis), got a 0-d array")
     return builtin_dtype(x)
@@ -179,18 +205,20 @@ def check_backend(backend: Any) -> str | None:
 
 
 def check_softcap(softcap: Any, dtype: np.dtype) -> float:
-    """0.0 for None (off); else a cap that is a positive finite value of the logits'
-    dtype (the kernels compute cap * tanh(x / cap) in it: a cap that rounds to 0 or
-    to inf there would make every row NaN)."""
+    """0.0 for None (off); else a cap that is a positive finite value of the dtype the
+    kernels compute in (the logits', float32 for 16-bit logits: they compute
+    cap * tanh(x / cap) in it: a cap that rounds to 0 or to inf there would make every
+    row NaN)."""
     if softcap is None:
         return 0.0
+    dtype = compute_dtype(dtype)
     v = check_float(softcap, "softcap", 0.0, _FLOAT64_MAX, lo_open=True)
     with np.errstate(over="ignore", under="ignore"):  # judged just below
         in_dtype = float(dtype.type(v))
     if not 0.0 < in_dtype < np.inf:
         info = np.finfo(dtype)
         raise ValueError(
-            f"softcap: {softcap!r} is not a positive finite {dtype} value (the logits' dtype); "
+            f"softcap: {softcap!r} is not a positive finite {dtype} value (the dtype the loss is computed in); "
             f"expected a value in [{info.smallest_subnormal}, {info.max}]"
         )
     return v

@@ -21,7 +21,10 @@ from ._checks import (
     check_bool,
     check_logits,
     check_options,
+    compute_dtype,
     describe,
+    is_16bit,
+    is_float_like,
     normalize_axis,
 )
 from ._layout import canonical, refuse_overlap, rows_view, writable_rows_view
@@ -75,20 +78,22 @@ class LossProblem:
         sparse_values: np.ndarray | None = None,
         weight: np.ndarray | None = None,
     ) -> None:
-        self.logits = logits  # (N, K) float32/float64
+        # C below is the compute dtype: the logits' for float32/float64, float32 for
+        # float16/bfloat16 logits (docs/spec.md#low-precision)
+        self.logits = logits  # (N, K) float32/float64/float16/bfloat16
         self.target_kind = target_kind  # "dense", "index" or "sparse"
-        self.dense_targets = dense_targets  # dense: (N, K), logits' dtype
+        self.dense_targets = dense_targets  # dense: (N, K), logits' dtype (16-bit logits: or float32)
         self.class_index = class_index  # index: (N,) int32 or int64, in [0, K) or ignore_index
         self.sparse_indptr = sparse_indptr  # sparse (CSR): (N + 1,) int64, contiguous
         self.sparse_indices = sparse_indices  # (nnz,) int64 in [0, K), contiguous
-        self.sparse_values = sparse_values  # (nnz,) logits' dtype, or None for ones
-        self.weight = weight  # (K,) logits' dtype, finite, or None
+        self.sparse_values = sparse_values  # (nnz,) C, or None for ones
+        self.weight = weight  # (K,) C, finite, or None
         self.reduction = options.reduction
         self.ignore_index = options.ignore_index
         self.label_smoothing = options.label_smoothing
         self.z_loss = options.z_loss
         self.softcap = options.softcap  # 0.0 = off
-        self.row_loss = row_loss  # written: (N,) logits' dtype, contiguous
+        self.row_loss = row_loss  # written: (N,) C, contiguous
         self.grad = grad  # written: (N, K) logits' dtype, or None for the loss only
         # docs/spec.md#row-statistics; set after construction by the callers that use them
         self.row_grad_scale: np.ndarray | None = None  # (N,) logits' dtype: per-row gradient multiplier
@@ -167,11 +172,13 @@ def _fast_problem(
 
 
 def _weight(weight: Any, k: int, dtype: np.dtype) -> tuple[np.ndarray | None, tuple[np.ndarray, ...]]:
-    """K finite class weights in the logits' dtype, contiguous; and the caller's array."""
+    """K finite class weights in the compute dtype (the logits', float32 for 16-bit
+    logits), contiguous; and the caller's array."""
     if weight is None:
         return None, ()
     raw = as_array(weight, "weight")
-    if raw.shape != (k,) or raw.dtype.kind not in "fiu":
+    dtype = compute_dtype(dtype)
+    if raw.shape != (k,) or not (raw.dtype.kind in "iu" or is_float_like(raw.dtype)):
         raise ValueError(f"weight: expected a real array of shape ({k},) (one per class), got {describe(raw)}")
     w = builtin_dtype(np.require(raw, dtype=dtype, requirements=["C", "A"]))
     if not np.isfinite(w).all():
@@ -202,8 +209,8 @@ def _sparse_targets(targets: Any, n: int, k: int, dtype: np.dtype, opts: LossOpt
     if opts.ignore_index >= 0:
         raise ValueError("ignore_index: is only supported with integer class-index targets")
     # SparseTargets holds read-only int64 copies (checked when it was built); the
-    # kernels read values in the logits' dtype.
-    values = None if st.values is None else builtin_dtype(np.require(st.values, dtype, ["C", "A"]))
+    # kernels read values in the compute dtype (the logits', float32 for 16-bit logits).
+    values = None if st.values is None else builtin_dtype(np.require(st.values, compute_dtype(dtype), ["C", "A"]))
     caller = _caller_sparse_arrays(targets) if scipy else ()
     return _Targets("sparse", indptr=st.indptr, indices=st.indices, values=values, caller_arrays=caller)
 
@@ -249,7 +256,10 @@ def _dense_targets(t: np.ndarray, x: np.ndarray, ax: int, lead_shape: tuple[int,
         )
     if opts.ignore_index >= 0:
         raise ValueError("ignore_index: is not supported with dense (floating point) targets, as in PyTorch")
-    y = t if t.dtype == x.dtype and t.dtype.isnative else t.astype(x.dtype)
+    if t.dtype.isnative and (t.dtype == x.dtype or (t.dtype == np.float32 and is_16bit(x.dtype))):
+        y = t  # 16-bit logits: targets in their dtype or in float32, read as they are
+    else:
+        y = t.astype(compute_dtype(x.dtype))
     return _Targets("dense", dense=rows_view(builtin_dtype(y), ax), caller_arrays=(t,))
 
 
@@ -259,7 +269,7 @@ def _targets(targets: Any, x: np.ndarray, ax: int, lead_shape: tuple[int, ...], 
     t = as_array(targets, "targets")
     if t.dtype.kind in "iu":
         return _index_targets(t, x, ax, lead_shape, opts)
-    if t.dtype.kind in "fb":
+    if t.dtype.kind in "fb" or is_float_like(t.dtype):
         return _dense_targets(t, x, ax, lead_shape, opts)
     raise TypeError(
         f"targets: expected integer class indices, float/bool dense targets or SparseTargets, "
@@ -301,7 +311,7 @@ def _general_problem(
         if caller_logits.dtype.kind == "f" and not caller_logits.dtype.isnative:
             raise ValueError(
                 f"inplace: logits of dtype {caller_logits.dtype} (non-native byte order) would need a converting "
-                "copy; pass native float32/float64"
+                "copy; pass native float32/float64/float16"
             )
     else:
         caller_logits = as_array(logits, "logits")
@@ -353,7 +363,8 @@ def _general_problem(
     return LossProblem(
         logits=rows, target_kind=t.kind, dense_targets=t.dense, class_index=t.class_index, sparse_indptr=t.indptr,
         sparse_indices=t.indices, sparse_values=t.values, weight=w, options=opts,
-        row_loss=np.empty(rows.shape[0], dtype=x.dtype), grad=grad, grad_result=grad_result, lead_shape=lead_shape,
+        row_loss=np.empty(rows.shape[0], dtype=compute_dtype(x.dtype)), grad=grad, grad_result=grad_result,
+        lead_shape=lead_shape,
     )
 
 

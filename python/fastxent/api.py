@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from . import _backend, numpy_backend
-from ._checks import check_backend, check_logits, normalize_axis
+from ._checks import check_backend, check_logits, compute_dtype, normalize_axis
 from ._layout import empty_rows, rows_view
 from ._problem import prepare_loss
 
@@ -55,12 +55,15 @@ def softmax_cross_entropy(
     row; ``softcap`` replaces x by ``softcap * tanh(x / softcap)`` first.
 
     Args:
-        logits: float32 or float64 array, any number of dimensions, in any
-            layout. Anything NumPy can view without a copy is taken as is:
+        logits: float32, float64, float16 or bfloat16 (ml_dtypes' NumPy dtype,
+            also JAX's) array, any number of dimensions, in any layout. 16-bit
+            logits are computed in float32 and the gradient rounded to nearest
+            even. Anything NumPy can view without a copy is taken as is:
             ndarrays, buffers (memoryview, array.array), ``__array__`` and
             ``__dlpack__`` objects such as PyTorch CPU tensors.
         targets: integer class indices of shape ``logits.shape`` without ``axis``;
-            float or bool dense targets of ``logits.shape``; or ``SparseTargets`` /
+            float or bool dense targets of ``logits.shape`` (for 16-bit logits:
+            read as they are in the logits' dtype or float32); or ``SparseTargets`` /
             a scipy.sparse CSR matrix of shape (rows, classes).
         reduction: "none" (per-row losses, shape of logits without ``axis``),
             "sum" or "mean".
@@ -76,8 +79,9 @@ def softmax_cross_entropy(
         backend: None/"auto" (compiled kernels if importable), "cpp" or "numpy".
 
     Returns:
-        ``(loss, grad)``: loss has logits' dtype (an array for "none", else a
-        scalar); grad has logits' shape and dtype, and is the gradient of the
+        ``(loss, grad)``: loss has logits' dtype, float32 for 16-bit logits (a
+        loss rounded to bfloat16 keeps under three digits) (an array for "none",
+        else a scalar); grad has logits' shape and dtype, and is the gradient of the
         returned loss (None when ``return_grad=False``).
 
     Conventions: a class with target 0 adds nothing even at logit -inf; a row
@@ -111,7 +115,7 @@ def softmax_cross_entropy(
     )
     core = _pick_core(be)
     reduced = numpy_backend.softmax_cross_entropy(p) if core is None else core.loss(p)
-    loss = p.row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.logits.dtype.type(reduced)
+    loss = p.row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.row_loss.dtype.type(reduced)
     return loss, p.grad_result
 
 
@@ -131,7 +135,7 @@ def _loss_and_row_statistics(
         logits, targets, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=0.0, softcap=None, return_grad=False, out=None, inplace=False,
     )
-    p.row_stats = np.empty((p.logits.shape[0], 4), p.logits.dtype)
+    p.row_stats = np.empty((p.logits.shape[0], 4), compute_dtype(p.logits.dtype))
     reduced = _run(p, backend)
     loss = p.row_loss.reshape(p.lead_shape) if p.reduction == "none" else p.logits.dtype.type(reduced)
     return loss, p.row_stats
@@ -149,7 +153,7 @@ def _gradient_from_row_statistics(
         logits, targets, axis=axis, reduction=reduction, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, z_loss=0.0, softcap=None, return_grad=True, out=None, inplace=False,
     )
-    n, dtype = p.logits.shape[0], p.logits.dtype
+    n, dtype = p.logits.shape[0], compute_dtype(p.logits.dtype)
     if row_stats.shape != (n, 4) or row_stats.dtype != dtype:
         raise ValueError(f"row_stats: expected shape {(n, 4)} and dtype {dtype}, got {row_stats.shape} {row_stats.dtype}")
     p.given_stats = np.ascontiguousarray(row_stats)
@@ -183,7 +187,8 @@ def _rowwise(op: str, x: Any, axis: int, backend: Backend) -> np.ndarray:
 def logsumexp(x: Any, axis: int = -1, *, backend: Backend = None) -> np.ndarray:
     """log(sum(exp(x))) along ``axis``, computed stably (max shift).
 
-    float32/float64 in, same dtype out, shape of x without ``axis``. A slice
+    float32/float64/float16/bfloat16 in, same dtype out (16-bit: computed in
+    float32, rounded to nearest even), shape of x without ``axis``. A slice
     with a NaN or +inf, or all -inf, gives NaN.
 
     Example:

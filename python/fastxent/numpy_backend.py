@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import compute_dtype
 from ._problem import LossProblem
 
 
 def effective_targets(p: LossProblem) -> np.ndarray:
     """q of docs/spec.md#effective-targets, densely: q_j = w_j (a y_j + b) with a = 1 - eps, b = eps / K."""
     n, k = p.logits.shape
-    dtype = p.logits.dtype
+    dtype = compute_dtype(p.logits.dtype)
     a = dtype.type(1 - p.label_smoothing)
     b = dtype.type(p.label_smoothing / k)
     if p.target_kind == "dense":
         assert p.dense_targets is not None
-        q: np.ndarray = p.dense_targets * a + b
+        q: np.ndarray = p.dense_targets.astype(dtype, copy=False) * a + b
     else:
         q = np.full((n, k), b, dtype=dtype)
         if p.target_kind == "index":
@@ -69,8 +70,9 @@ def _row_scale(p: LossProblem, scale: float) -> np.ndarray:
 
 def _gradient(p: LossProblem, e: np.ndarray, coef: np.ndarray, q: np.ndarray, row_scale: np.ndarray,
               th: np.ndarray | None, ignored: np.ndarray) -> np.ndarray:
-    """g = row_scale * dx~/dx * (e * coef - q), rounded as the kernels round it."""
-    dtype = p.logits.dtype
+    """g = row_scale * dx~/dx * (e * coef - q), rounded as the kernels round it (in
+    the compute dtype; the caller's store into a 16-bit p.grad rounds once more)."""
+    dtype = compute_dtype(p.logits.dtype)
     g: np.ndarray = e * (coef * row_scale).astype(dtype)[:, None] - q * row_scale.astype(dtype)[:, None]
     g = g.astype(dtype)
     if th is not None:
@@ -81,9 +83,12 @@ def _gradient(p: LossProblem, e: np.ndarray, coef: np.ndarray, q: np.ndarray, ro
 
 def softmax_cross_entropy(p: LossProblem) -> float:
     """Writes p.row_loss (and p.grad when set, p.row_stats when set); returns the
-    reduced loss. With p.given_stats, writes the gradient only, returns 0."""
+    reduced loss. With p.given_stats, writes the gradient only, returns 0.
+
+    16-bit logits are computed in float32, as the kernels do; writing the gradient
+    into p.grad rounds it to nearest even."""
     with np.errstate(all="ignore"):  # NaN / inf rows are part of the contract
-        x = p.logits
+        x = p.logits.astype(compute_dtype(p.logits.dtype), copy=False)
         dtype = x.dtype
         th = np.tanh(x / dtype.type(p.softcap)) if p.softcap > 0 else None
         xt = th * dtype.type(p.softcap) if th is not None else x
@@ -138,8 +143,10 @@ def softmax_cross_entropy(p: LossProblem) -> float:
         return float(np.float64(total) / denom) if p.reduction == "mean" else total
 
 
-def rowwise(op: str, x: np.ndarray) -> np.ndarray:
-    """logsumexp (N,), softmax or log_softmax (N, K) over rows of x (N, K)."""
+def rowwise(op: str, x_in: np.ndarray) -> np.ndarray:
+    """logsumexp (N,), softmax or log_softmax (N, K) over rows of x (N, K), in x's
+    dtype (16-bit: computed in float32, rounded to nearest even)."""
+    x = x_in.astype(compute_dtype(x_in.dtype), copy=False)
     with np.errstate(all="ignore"):
         m = x.max(axis=1, keepdims=True) if x.shape[0] else np.zeros((0, 1), x.dtype)
         bad = ~np.isfinite(m)
@@ -154,4 +161,4 @@ def rowwise(op: str, x: np.ndarray) -> np.ndarray:
             res = np.exp(t) * np.exp(-log_s)
         else:
             res = t - log_s
-        return res.astype(x.dtype)
+        return res.astype(x_in.dtype)

@@ -20,10 +20,17 @@ weights and the reduction's scale (``torch.ops.fastxent.log_softmax``). Eager
 calls run the same implementation and formula without the dispatcher (an
 autograd.Function); traced calls (torch.compile, export) go through the operator.
 
+bfloat16 and float16 tensors run natively, without a copy: a bfloat16 tensor is
+viewed as int16 and that NumPy view reinterpreted as ml_dtypes' bfloat16 (the
+gradient comes back the same way); the kernel computes in float32 and rounds the
+gradient to nearest even. The loss follows PyTorch: the input's dtype. (bfloat16
+needs the ``ml_dtypes`` package for its NumPy dtype; without it bfloat16 calls go
+to PyTorch.)
+
 Anything the kernel does not cover goes to ``torch.nn.functional.cross_entropy``:
 tensors on another device or with another layout, dtypes other than
-float32/float64, a weight that requires grad, targets of another dtype, empty
-inputs, and calls under ``torch.func`` transforms (grad, vmap, jvp, ...).
+float32/float64/bfloat16/float16, a weight that requires grad, targets of another
+dtype, empty inputs, and calls under ``torch.func`` transforms (grad, vmap, jvp, ...).
 
 Importing this module imports torch and registers the operators; ``import
 fastxent`` alone does neither.
@@ -39,11 +46,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import api
-from ._checks import check_reduction
+from ._checks import check_reduction, is_bfloat16
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_BFLOAT16: list[np.dtype | None] = []  # ml_dtypes' bfloat16, looked up on first use
+
+
+def _bfloat16_dtype() -> np.dtype | None:
+    """NumPy's bfloat16 dtype (ml_dtypes), or None when ml_dtypes is not installed."""
+    if not _BFLOAT16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _BFLOAT16.append(None)
+        else:
+            _BFLOAT16.append(np.dtype(ml_dtypes.bfloat16))
+    return _BFLOAT16[0]
 
 
 def _plain_cpu(t: Tensor) -> bool:
@@ -57,6 +77,8 @@ def _kernel_applies(input: Tensor, target: Tensor, weight: Tensor | None, ignore
     if torch._C._are_functorch_transforms_active():
         return False  # the operator has no torch.func rules: PyTorch's own formula composes with them
     if input.dtype not in _KERNEL_DTYPES or input.dim() < 1 or input.numel() == 0:
+        return False
+    if input.dtype == torch.bfloat16 and _bfloat16_dtype() is None:
         return False
     if not (_plain_cpu(input) and _plain_cpu(target)):
         return False
@@ -77,9 +99,23 @@ def _kernel_applies(input: Tensor, target: Tensor, weight: Tensor | None, ignore
 
 def _numpy(t: Tensor) -> np.ndarray:
     """The tensor's memory as a NumPy array (a view: no copy, strides kept; a lazy
-    negation view, rare for real dtypes, is materialised first)."""
+    negation view, rare for real dtypes, is materialised first). bfloat16, which
+    NumPy lacks: the int16 view of the same memory, reinterpreted as ml_dtypes'
+    bfloat16."""
     t = t.detach()
-    return (t.resolve_neg() if t.is_neg() else t).numpy()
+    t = t.resolve_neg() if t.is_neg() else t
+    if t.dtype == torch.bfloat16:
+        bf16 = _bfloat16_dtype()
+        assert bf16 is not None  # (_kernel_applies sent bfloat16 to PyTorch otherwise)
+        return t.view(torch.int16).numpy().view(bf16)
+    return t.numpy()
+
+
+def _torch(a: np.ndarray) -> Tensor:
+    """A NumPy array's memory as a tensor (no copy; bfloat16 through int16)."""
+    if is_bfloat16(a.dtype):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _class_dim(input: Tensor) -> int:
@@ -119,8 +155,12 @@ def _loss_and_grad(
         label_smoothing=label_smoothing,
         return_grad=compute_grad,
     )
-    # (a reduced loss is a NumPy scalar of input's dtype: a 0-d tensor of it)
-    return torch.from_numpy(np.asarray(loss)), input.new_empty(0) if grad is None else torch.from_numpy(grad)
+    # (a reduced loss is a NumPy scalar: a 0-d tensor of it; float32 for 16-bit input,
+    # rounded to input's dtype as PyTorch returns it)
+    loss_t = torch.from_numpy(np.asarray(loss))
+    if loss_t.dtype != input.dtype:
+        loss_t = loss_t.to(input.dtype)
+    return loss_t, input.new_empty(0) if grad is None else _torch(grad)
 
 
 _cross_entropy_op = torch.library.custom_op("fastxent::cross_entropy", _loss_and_grad, mutates_args=())
@@ -145,7 +185,7 @@ def _cross_entropy_fake(
 @torch.library.custom_op("fastxent::log_softmax", mutates_args=())
 def _log_softmax_op(input: Tensor, dim: int) -> Tensor:
     """log_softmax(input) along dim, by fastxent's row-wise kernel."""
-    return torch.from_numpy(api.log_softmax(_numpy(input), axis=dim))
+    return _torch(api.log_softmax(_numpy(input), axis=dim))
 
 
 @_log_softmax_op.register_fake
@@ -278,7 +318,9 @@ def cross_entropy(
         d loss / d x = softmax(x) * sum_c(w_c y'_c) - w * y'      (per row, before reduction)
 
     Args:
-        input: logits (C,), (N, C) or (N, C, d1, d2, ...).
+        input: logits (C,), (N, C) or (N, C, d1, d2, ...); float32, float64,
+            bfloat16 or float16 (16-bit: computed in float32, the gradient
+            rounded to nearest even, the loss returned in input's dtype).
         target: int64 class indices of input's shape without dimension 1, or
             probabilities of input's shape and dtype.
         weight: optional (C,) class weights of input's dtype.

@@ -3,12 +3,13 @@
 // Included inside an ISA namespace by kernels_<isa>.cpp (through isa_unit.inl).
 // Needs in scope: row_math.inl, targets.inl, schedule.inl, vmath.inl.
 
-// Picks the compile-time variant for this call's options.
-template <class T, bool kDense, bool kSmooth, class Entries>
-void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) {
+// Picks the compile-time variant for this call's options. Y: the dense targets'
+// storage type.
+template <class S, bool kDense, bool kSmooth, class Entries, class Y = S>
+void dispatch_options(const Params<S>& pr, const Entries& entries, compute_t<S>* row_loss) {
   const bool weight = pr.p->weight != nullptr, softcap = pr.p->softcap > 0;
   auto go = [&](auto w, auto c) {
-    RowKernel<T, kDense, kSmooth, decltype(w)::value, decltype(c)::value> kern{pr};
+    RowKernel<S, kDense, kSmooth, decltype(w)::value, decltype(c)::value, Y> kern{pr};
     if (pr.p->given_stats) drive_given(kern, entries);
     else drive(kern, entries, row_loss);
   };
@@ -20,9 +21,10 @@ void dispatch_options(const Params<T>& pr, const Entries& entries, T* row_loss) 
   else go(F{}, F{});
 }
 
-template <class T>
-double run_loss(const Problem<T>& p) {
-  Params<T> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
+template <class S>
+double run_loss(const Problem<S>& p) {
+  using T = compute_t<S>;
+  Params<S> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
                T(p.softcap), 1.0};
 
   // The mean's denominator, known before any gradient is written.
@@ -38,31 +40,36 @@ double run_loss(const Problem<T>& p) {
   if (p.target_kind == TargetKind::index32) denom = index_denominator(p.index32);
   if (p.target_kind == TargetKind::index64) denom = index_denominator(p.index64);
   // A mean over a total weight of 0, or one so small that 1/denom overflows the
-  // logits' dtype (the gradient pass scales in it), gets NaN in every counted row
+  // compute dtype (the gradient pass scales in it), gets NaN in every counted row
   // (docs/spec.md#reductions).
   if (p.reduction == Reduction::mean) pr.scale = std::isfinite(T(1.0 / denom)) ? 1.0 / denom : kNaN;
 
   const bool smooth = p.label_smoothing > 0;
   switch (p.target_kind) {
     case TargetKind::dense:
-      dispatch_options<T, true, true>(pr, NoEntries<T>{}, p.row_loss);
+      if constexpr (is_16bit_v<S>)
+        if (p.dense_targets_f32) {
+          dispatch_options<S, true, true, NoEntries<S>, float>(pr, NoEntries<S>{}, p.row_loss);
+          break;
+        }
+      dispatch_options<S, true, true>(pr, NoEntries<S>{}, p.row_loss);
       break;
     case TargetKind::index32: {
-      IndexEntries<T, int32_t> e{pr, p.index32, p.index_stride};
-      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
-      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      IndexEntries<S, int32_t> e{pr, p.index32, p.index_stride};
+      if (smooth) dispatch_options<S, false, true>(pr, e, p.row_loss);
+      else dispatch_options<S, false, false>(pr, e, p.row_loss);
       break;
     }
     case TargetKind::index64: {
-      IndexEntries<T, int64_t> e{pr, p.index64, p.index_stride};
-      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
-      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      IndexEntries<S, int64_t> e{pr, p.index64, p.index_stride};
+      if (smooth) dispatch_options<S, false, true>(pr, e, p.row_loss);
+      else dispatch_options<S, false, false>(pr, e, p.row_loss);
       break;
     }
     case TargetKind::sparse: {
-      SparseEntries<T> e{pr};
-      if (smooth) dispatch_options<T, false, true>(pr, e, p.row_loss);
-      else dispatch_options<T, false, false>(pr, e, p.row_loss);
+      SparseEntries<S> e{pr};
+      if (smooth) dispatch_options<S, false, true>(pr, e, p.row_loss);
+      else dispatch_options<S, false, false>(pr, e, p.row_loss);
       break;
     }
   }
@@ -74,18 +81,19 @@ double run_loss(const Problem<T>& p) {
 }
 
 // ---- row-wise logsumexp / softmax / log_softmax --------------------------------
-template <class T>
-void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs, T* out, int64_t os) {
+template <class S>
+void run_rowwise(RowOp op, const S* x, int64_t rows, int64_t classes, int64_t xs, S* out, int64_t os) {
+  using T = compute_t<S>;
   using V = VecFor<T>;
   constexpr int L = V::lanes;
-  Problem<T> p;
+  Problem<S> p;
   p.rows = rows;
   p.classes = classes;
   p.logits = x;
   p.logits_row_stride = xs;
-  Params<T> pr{&p, T(1), T(0), T(0), 1.0};
-  RowKernel<T, false, false, false, false> kern{pr};
-  NoEntries<T> none;
+  Params<S> pr{&p, T(1), T(0), T(0), 1.0};
+  RowKernel<S, false, false, false, false> kern{pr};
+  NoEntries<S> none;
   const int64_t nb = num_blocks(classes);
   const int threads = rows * classes < kMinParallelElements ? 1 : num_threads();
   auto body = [&](int64_t r0, int64_t r1) {
@@ -95,11 +103,11 @@ void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs
       for (int64_t b = 0; b < nb; ++b) stats[size_t(b)] = kern.block_stats(i, b, nullptr);
       RowResult r = kern.combine(i, stats.data(), nb, none);  // q = 0: only M and log S matter
       if (op == RowOp::logsumexp) {
-        out[i * os] = T(r.lse);
+        out[i * os] = narrow<S>(r.lse);
         continue;
       }
-      const T* xi = x + i * xs;
-      T* oi = out + i * os;
+      const S* xi = x + i * xs;
+      S* oi = out + i * os;
       const V shift = V::set1(T(r.shift));
       const V inv_s = V::set1(T(std::exp(-r.log_s)));  // NaN for a row with no softmax
       const V log_s = V::set1(T(r.log_s));

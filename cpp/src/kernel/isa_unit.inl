@@ -25,6 +25,10 @@ template double run_loss<float>(const Problem<float>&);
 template double run_loss<double>(const Problem<double>&);
 template void run_rowwise<float>(RowOp, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 template void run_rowwise<double>(RowOp, const double*, int64_t, int64_t, int64_t, double*, int64_t);
+template double run_loss<bfloat16>(const Problem<bfloat16>&);
+template double run_loss<float16>(const Problem<float16>&);
+template void run_rowwise<bfloat16>(RowOp, const bfloat16*, int64_t, int64_t, int64_t, bfloat16*, int64_t);
+template void run_rowwise<float16>(RowOp, const float16*, int64_t, int64_t, int64_t, float16*, int64_t);
 template void run_exp<float>(const float*, float*, int64_t);
 template void run_exp<double>(const double*, double*, int64_t);
 }  // namespace fastxent::FASTXENT_ISA_NAMESPACE

@@ -12,12 +12,31 @@
 //   3. gradient pass, per block: g = scale * dx~/dx * (exp(x~ - M) * (Qeff / S) - q).
 // Rows are always cut into the same blocks (schedule.inl), so the arithmetic, and
 // the result bit for bit, never depends on the thread count.
+//
+// Storage and compute types: S is what the logits, dense targets and gradient are
+// stored in (float, double, bfloat16, float16); T = compute_t<S> is what the row is
+// computed in (float for the 16-bit types). 16-bit values are widened by the vector
+// loads and rounded to nearest even by the vector stores (vec_<isa>.hpp); the
+// per-row scratch, the corrections and every sum stay in T (the combine in double).
 
 constexpr int64_t kBlock = 2048;  // columns; 8 KiB (float) / 16 KiB (double) fits L1
 
 inline int64_t num_blocks(int64_t k) { return (k + kBlock - 1) / kBlock; }
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// One stored value in the compute type.
+template <class U>
+inline compute_t<U> widen(U v) {
+  if constexpr (is_16bit_v<U>) return to_float(v);
+  else return v;
+}
+// A double result stored as S (16-bit: through float32, as every kernel result).
+template <class S>
+inline S narrow(double v) {
+  if constexpr (is_16bit_v<S>) return from_float<S>(float(v));
+  else return S(v);
+}
 
 // Per (row, block): everything the combine step needs.
 struct BlockStats {
@@ -42,9 +61,10 @@ struct RowResult {
 };
 
 // What varies between target kinds and options, fixed for one call.
-template <class T>
+template <class S>
 struct Params {
-  const Problem<T>* p;
+  using T = compute_t<S>;
+  const Problem<S>* p;
   T a, b;          // q = w (a y + b): a = 1 - label_smoothing, b = label_smoothing / K
   T softcap;       // 0 = off
   double scale;    // d(reduced loss) / d(row loss)
@@ -67,26 +87,33 @@ inline V cap_slope(V x, V cap) {
 }
 
 // kDense: targets are a dense row y. kSmooth: the dense part of q is nonzero
-// (dense targets always; entry targets when label_smoothing > 0).
-template <class T, bool kDense, bool kSmooth, bool kWeight, bool kSoftcap>
+// (dense targets always; entry targets when label_smoothing > 0). Y: the dense
+// targets' storage type (S, or float for 16-bit S: Problem::dense_targets_f32).
+template <class S, bool kDense, bool kSmooth, bool kWeight, bool kSoftcap, class Y = S>
 struct RowKernel {
+  using Storage = S;
+  using T = compute_t<S>;
   using V = VecFor<T>;
   static constexpr int L = V::lanes;
   static constexpr bool kCapped = kSoftcap;
-  const Params<T>& pr;
+  const Params<S>& pr;
 
-  const T* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
+  const S* x_row(int64_t i) const { return pr.p->logits + i * pr.p->logits_row_stride; }
 
   // The reduction's scale times the row's own gradient multiplier, if any.
   double row_scale(int64_t i) const {
-    const Problem<T>& p = *pr.p;
+    const Problem<S>& p = *pr.p;
     return p.row_grad_scale ? pr.scale * double(p.row_grad_scale[i * p.row_grad_scale_stride]) : pr.scale;
   }
-  const T* y_row(int64_t i) const { return pr.p->dense_targets + i * pr.p->targets_row_stride; }
+  const Y* y_row(int64_t i) const {
+    if constexpr (std::is_same_v<Y, S>) return pr.p->dense_targets + i * pr.p->targets_row_stride;
+    else return pr.p->dense_targets_f32 + i * pr.p->targets_row_stride;
+  }
 
-  // Loads lanes [0, L) of p, or its first n lanes and `fill` elsewhere (kFull false).
-  template <bool kFull>
-  static V load_n(const T* p, int64_t n, T fill) {
+  // Loads lanes [0, L) of p, or its first n lanes and `fill` elsewhere (kFull false),
+  // widened to T.
+  template <bool kFull, class P>
+  static V load_n(const P* p, int64_t n, T fill) {
     if constexpr (kFull) return V::load(p);
     else return V::load_partial(p, n, fill);
   }
@@ -95,7 +122,7 @@ struct RowKernel {
   // held in locals: the loops store through T pointers, which may alias the Params,
   // so reading through `pr` there would reload them on every step.
   struct DenseQ {
-    const T* y;
+    const Y* y;
     const T* w;
     V a, b;
     template <bool kFull>
@@ -132,7 +159,7 @@ struct RowKernel {
   // a soft cap) it receives exp(x~_j - ref) for the block's columns, so the
   // gradient pass needs no exp.
   BlockStats block_stats(int64_t i, int64_t blk, T* e) const {
-    const T* x = x_row(i);
+    const S* x = x_row(i);
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
     const V cap = V::set1(pr.softcap);
     const T ninf = -std::numeric_limits<T>::infinity();
@@ -205,7 +232,7 @@ struct RowKernel {
     st.s = finite_max ? double(reduce_add(s)) : kNaN;
     if (st.max == -kInf) {
       bool has_nan = false;
-      for (int64_t j = j0; j < j1; ++j) has_nan |= std::isnan(x[j]);
+      for (int64_t j = j0; j < j1; ++j) has_nan |= std::isnan(widen(x[j]));
       st.s = has_nan ? kNaN : 0.0;
     }
     if constexpr (kSmooth) {
@@ -240,7 +267,7 @@ struct RowKernel {
     entries.for_each(i, [&](int64_t j, double qj) {
       if (qj == 0) return;
       q += qj;
-      d += qj * (double(capped_one(x_row(i)[j])) - m);
+      d += qj * (double(capped_one(widen(x_row(i)[j]))) - m);
     });
     r.q = q;
     r.d = d;
@@ -267,7 +294,7 @@ struct RowKernel {
     return r;
   }
 
-  // Writes row i's statistics [M, log S, Q, D] (Problem::row_stats).
+  // Writes row i's statistics [M, log S, Q, D] (Problem::row_stats, in T).
   void store_stats(int64_t i, const RowResult& r) const {
     T* out = pr.p->row_stats + i * kRowStatsWidth;
     if (r.ignored) {
@@ -308,19 +335,21 @@ struct RowKernel {
     return r;
   }
 
-  T* grad_row(int64_t i) const { return pr.p->grad + i * pr.p->grad_row_stride; }
+  S* grad_row(int64_t i) const { return pr.p->grad + i * pr.p->grad_row_stride; }
 
-  // Stores value(j, n, full) to g[j0, j1). `stream`: non-temporal stores from the
-  // first aligned address on (the gradient is far larger than the cache).
-  template <class F>
-  static void store_range(T* g, int64_t j0, int64_t j1, F&& value, bool stream) {
+  // Stores value(j, n, full) to g[j0, j1), g of type G (S, or T for the scratch row).
+  // `stream`: non-temporal stores from the first aligned address on (the gradient is
+  // far larger than the cache); L 16-bit values need half the alignment of L floats.
+  template <class G, class F>
+  static void store_range(G* g, int64_t j0, int64_t j1, F&& value, bool stream) {
     constexpr std::true_type full{};
     constexpr std::false_type partial{};
+    constexpr uintptr_t align = std::is_same_v<G, T> ? V::stream_alignment : V::stream_alignment / 2;
     int64_t j = j0;
     if (stream) {
-      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % V::stream_alignment;
-      const int64_t head = std::min(j1 - j0, misalign ? int64_t((V::stream_alignment - misalign) / sizeof(T)) : 0);
-      if (misalign % sizeof(T) == 0 && head < L) {
+      const uintptr_t misalign = reinterpret_cast<uintptr_t>(g + j0) % align;
+      const int64_t head = std::min(j1 - j0, misalign ? int64_t((align - misalign) / sizeof(G)) : 0);
+      if (misalign % sizeof(G) == 0 && head < L) {
         if (head > 0) value(j, head, partial).store_partial(g + j, head);
         j += head;
         for (; j + L <= j1; j += L) value(j, L, full).stream(g + j);
@@ -330,47 +359,60 @@ struct RowKernel {
     if (j < j1) value(j, j1 - j, partial).store_partial(g + j, j1 - j);
   }
 
-  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j) for one block, from
-  // the block's stored exponentials e, into the row g (which may be e itself).
-  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e, T* g,
-                  bool stream) const {
-    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
-    if (r.ignored) {  // e holds another row's values here
-      std::fill(g + j0, g + j1, T(0));
-      return;
-    }
+  // The factor of a block's stored exponentials in the gradient: scale * exp(ref - M) * Qeff / S.
+  double block_coef(const RowResult& r, const BlockStats& st) const {
     double c = 0;  // an all -inf block has e == 0: only -q remains
     if (std::isnan(r.coef)) c = kNaN;
     else if (st.max != -kInf) c = r.coef * r.scale * std::exp(st.ref - r.shift);
-    const V coef = V::set1(T(c));
+    return c;
+  }
+
+  // The gradient's dense part at lanes [j, j + n) of a block, in T.
+  template <bool kFull>
+  V grad_value(const T* e, const S* x, const DenseQ& dq, int64_t j, int64_t n, V coef, V scale, V cap) const {
+    V gv;
+    if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
+    else gv = load_n<kFull>(e + j, n, T(0)) * coef;
+    if constexpr (kSoftcap) gv = gv * cap_slope(load_n<kFull>(x + j, n, T(0)), cap);
+    return gv;
+  }
+
+  // g_j = scale * dx~/dx * (e_j * exp(ref - M) * Qeff / S - q_j) for one block, from
+  // the block's stored exponentials e, into the row g (which may be e itself).
+  template <class G>
+  void block_grad(int64_t i, int64_t blk, const RowResult& r, const BlockStats& st, const T* e, G* g,
+                  bool stream) const {
+    const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
+    if (r.ignored) {  // e holds another row's values here
+      std::fill(g + j0, g + j1, G{});
+      return;
+    }
+    const V coef = V::set1(T(block_coef(r, st)));
     const V scale = V::set1(T(r.scale));
     const V cap = V::set1(pr.softcap);
-    const T* x = x_row(i);
+    const S* x = x_row(i);
     const DenseQ dq = dense_q(i);
     store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
-      constexpr bool kFull = decltype(full)::value;
-      V gv;
-      if constexpr (kSmooth) gv = fmsub(load_n<kFull>(e + j, n, T(0)), coef, dq.template at<kFull>(j, n) * scale);
-      else gv = load_n<kFull>(e + j, n, T(0)) * coef;
-      if constexpr (kSoftcap) gv = gv * cap_slope(load_n<kFull>(x + j, n, T(0)), cap);
-      return gv;
+      return grad_value<decltype(full)::value>(e, x, dq, j, n, coef, scale, cap);
     }, stream);
   }
 
   // The same gradient for one block from the row's given statistics: the
   // exponentials come from the logits (exp(x~ - M) / S), not from a scratch row.
-  // g may be the logits (in place): each element is read before it is written.
-  void block_grad_given(int64_t i, int64_t blk, const RowResult& r, T* g, bool stream) const {
+  // g (S, or T for a 16-bit row finished in scratch) may be the logits (in place):
+  // each element is read before it is written.
+  template <class G>
+  void block_grad_given(int64_t i, int64_t blk, const RowResult& r, G* g, bool stream) const {
     const int64_t j0 = blk * kBlock, j1 = std::min(pr.p->classes, j0 + kBlock);
     if (r.ignored) {
-      std::fill(g + j0, g + j1, T(0));
+      std::fill(g + j0, g + j1, G{});
       return;
     }
     const V coef = V::set1(T(std::isnan(r.coef) ? kNaN : r.coef * r.scale));
     const V scale = V::set1(T(r.scale));
     const V shift = V::set1(T(r.shift));
     const V cap = V::set1(pr.softcap);
-    const T* x = x_row(i);
+    const S* x = x_row(i);
     const DenseQ dq = dense_q(i);
     store_range(g, j0, j1, [&](int64_t j, int64_t n, auto full) {
       constexpr bool kFull = decltype(full)::value;
@@ -386,10 +428,16 @@ struct RowKernel {
   }
 
   // Streams a finished row from the scratch e to g.
-  void stream_row(const T* e, T* g) const {
+  template <class G>
+  void stream_row(const T* e, G* g) const { stream_row_to(e, g, true); }
+
+  // Stores a finished row from the scratch e to g (rounding to a 16-bit G), with
+  // streaming stores or not.
+  template <class G>
+  void stream_row_to(const T* e, G* g, bool stream) const {
     store_range(g, 0, pr.p->classes, [&](int64_t j, int64_t n, auto full) {
       return load_n<decltype(full)::value>(e + j, n, T(0));
-    }, true);
+    }, stream);
   }
 
   // Entry targets' part of the gradient: -scale * dx~/dx * q_j at listed classes.
@@ -403,16 +451,49 @@ struct RowKernel {
       double c = -r.scale * qj;
       // The same slope as the vector pass's, so that at a class where softmax
       // is exactly q the two parts cancel exactly.
-      if constexpr (kSoftcap) c *= double(reduce_max(cap_slope(V::set1(x_row(i)[j]), V::set1(pr.softcap))));
+      if constexpr (kSoftcap) c *= double(reduce_max(cap_slope(V::set1(widen(x_row(i)[j])), V::set1(pr.softcap))));
       out.push_back(T(c));
     });
   }
 
+  // 16-bit S: the dense part of the gradient at each entry's class, in T, exactly as
+  // block_grad computes it before rounding. The entry's correction is added to it in
+  // T and the sum rounded once (apply_corrections): rounding the dense part to 16 bits
+  // first would lose the digits that cancel at a class where softmax is near q.
+  // Called after combine, before the row's gradient is written (it reads e and x).
   template <class Entries>
+  void entry_values(int64_t i, const RowResult& r, const BlockStats* st, const T* e, const Entries& entries,
+                    std::vector<T>& out) const {
+    out.clear();
+    if (r.ignored) return;
+    const V scale = V::set1(T(r.scale)), cap = V::set1(pr.softcap);
+    const DenseQ dq = dense_q(i);
+    const S* x = x_row(i);
+    entries.for_each(i, [&](int64_t j, double) {
+      const V coef = V::set1(T(block_coef(r, st[j / kBlock])));
+      T v;
+      grad_value<false>(e, x, dq, j, 1, coef, scale, cap).store_partial(&v, 1);
+      out.push_back(v);
+    });
+  }
+
+  // Adds the entry corrections to the written row g. For a 16-bit g, from the values
+  // of entry_values, in T, in the row's scratch e (free once the row is written),
+  // then rounds each touched class once.
+  template <class Entries, class G>
   void apply_corrections(int64_t i, const RowResult& r, const Entries& entries, const std::vector<T>& corr,
-                         T* g) const {
+                         G* g, const std::vector<T>& values, T* e) const {
     if (r.ignored) return;
     size_t k = 0;
-    entries.for_each(i, [&](int64_t j, double) { g[j] += corr[k++]; });
+    if constexpr (std::is_same_v<G, T>) {
+      (void)values;
+      (void)e;
+      entries.for_each(i, [&](int64_t j, double) { g[j] += corr[k++]; });
+    } else {
+      entries.for_each(i, [&](int64_t j, double) { e[j] = values[k++]; });  // duplicates: the same value
+      k = 0;
+      entries.for_each(i, [&](int64_t j, double) { e[j] += corr[k++]; });
+      entries.for_each(i, [&](int64_t j, double) { g[j] = from_float<G>(e[j]); });
+    }
   }
 };

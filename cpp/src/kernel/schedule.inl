@@ -12,14 +12,18 @@ constexpr int64_t kMinParallelElements = int64_t(1) << 17;
 // cannot stay in cache anyway, and streaming skips reading their lines first.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
+// 16-bit gradients: rows are written through the same paths, the vector stores round
+// (row_math.inl); where entry corrections follow, each touched class is rounded once
+// from its T value (entry_values / apply_corrections).
 template <class K, class Entries>
 void drive(const K& kern, const Entries& entries, typename K::V::value_type* row_loss) {
   using T = typename K::V::value_type;
+  using S = typename K::Storage;
   using V = typename K::V;
-  const Problem<T>& p = *kern.pr.p;
+  const Problem<S>& p = *kern.pr.p;
   const int64_t n = p.rows, k = p.classes, nb = num_blocks(k);
   const bool want_grad = p.grad != nullptr;
-  const bool stream = want_grad && n * k * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = want_grad && n * k * int64_t(sizeof(S)) >= kStreamBytes;
   const int threads = n * k < kMinParallelElements ? 1 : num_threads();
 
   if (n >= threads || nb == 1) {
@@ -28,6 +32,7 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
       thread_local std::vector<BlockStats> stats;
       thread_local std::vector<T> exps;  // one row of exp(x~ - ref): K values, no N x K temporary
       thread_local std::vector<T> corr;
+      thread_local std::vector<T> values;  // 16-bit S: see entry_values
       stats.resize(size_t(nb));
       // A soft-capped loss gets the scratch row even without a gradient: block_stats
       // then computes each logit's tanh once, not twice (see max_pass in row_math.inl).
@@ -43,16 +48,17 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
         if (p.row_stats) kern.store_stats(i, r);
         if (!want_grad) continue;
         kern.entry_corrections(i, r, entries, corr);
-        T* g = kern.grad_row(i);
+        S* g = kern.grad_row(i);
         if (stream && Entries::kMany) {
           // Finish the row in its scratch (in cache), then stream it out: adding
           // many entries to a streamed row would read each touched line back.
           for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, e, false);
-          kern.apply_corrections(i, r, entries, corr, e);
+          kern.apply_corrections(i, r, entries, corr, e, values, e);
           kern.stream_row(e, g);
         } else {
+          if constexpr (is_16bit_v<S>) kern.entry_values(i, r, stats.data(), e, entries, values);
           for (int64_t b = 0; b < nb; ++b) kern.block_grad(i, b, r, stats[size_t(b)], e, g, stream);
-          kern.apply_corrections(i, r, entries, corr, g);
+          kern.apply_corrections(i, r, entries, corr, g, values, e);
         }
       }
       if (stream) V::stream_fence();
@@ -73,12 +79,15 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
   };
   detail::parallel_for(n * nb, stats_body);
   std::vector<RowResult> results(static_cast<size_t>(n));
-  std::vector<std::vector<T>> corr(static_cast<size_t>(n));
+  std::vector<std::vector<T>> corr(static_cast<size_t>(n)), values(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     results[size_t(i)] = kern.combine(i, stats.data() + i * nb, nb, entries);
     row_loss[i] = T(results[size_t(i)].loss);
     if (p.row_stats) kern.store_stats(i, results[size_t(i)]);
     if (want_grad) kern.entry_corrections(i, results[size_t(i)], entries, corr[size_t(i)]);
+    if constexpr (is_16bit_v<S>)
+      if (want_grad)
+        kern.entry_values(i, results[size_t(i)], stats.data() + i * nb, exps.data() + i * k, entries, values[size_t(i)]);
   }
   if (!want_grad) return;
   auto grad_body = [&](int64_t t0, int64_t t1) {
@@ -88,31 +97,45 @@ void drive(const K& kern, const Entries& entries, typename K::V::value_type* row
     if (stream) V::stream_fence();
   };
   detail::parallel_for(n * nb, grad_body);
-  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i));
+  for (int64_t i = 0; i < n; ++i)
+    kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i), values[size_t(i)],
+                           exps.data() + i * k);
 }
 
 // The gradient alone, from given row statistics (Problem::given_stats): no
-// statistics pass, no scratch row, one read of the logits and one write. Every
-// element depends only on its row's statistics, so any split gives the same bits.
+// statistics pass, one read of the logits and one write. Every element depends
+// only on its row's statistics, so any split gives the same bits. A 16-bit row is
+// finished in a T scratch row (entry corrections added in T) and rounded once.
 template <class K, class Entries>
 void drive_given(const K& kern, const Entries& entries) {
   using T = typename K::V::value_type;
+  using S = typename K::Storage;
   using V = typename K::V;
-  const Problem<T>& p = *kern.pr.p;
+  const Problem<S>& p = *kern.pr.p;
   const int64_t n = p.rows, k = p.classes, nb = num_blocks(k);
   // Many entries per row would read streamed lines back: plain stores then.
-  const bool stream = !Entries::kMany && n * k * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = !Entries::kMany && n * k * int64_t(sizeof(S)) >= kStreamBytes;
   const int threads = n * k < kMinParallelElements ? 1 : num_threads();
+  const std::vector<T> none;
 
-  if (n >= threads || nb == 1) {
+  if (n >= threads || nb == 1 || is_16bit_v<S>) {
     auto body = [&](int64_t r0, int64_t r1) {
       thread_local std::vector<T> corr;
+      thread_local std::vector<T> scratch;
+      if constexpr (is_16bit_v<S>) scratch.resize(size_t(k));
       for (int64_t i = r0; i < r1; ++i) {
         const RowResult r = kern.result_from_stats(i, entries);
         kern.entry_corrections(i, r, entries, corr);  // before an in-place write replaces the logits
-        T* g = kern.grad_row(i);
-        for (int64_t b = 0; b < nb; ++b) kern.block_grad_given(i, b, r, g, stream);
-        kern.apply_corrections(i, r, entries, corr, g);
+        S* g = kern.grad_row(i);
+        if constexpr (is_16bit_v<S>) {
+          T* e = scratch.data();
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad_given(i, b, r, e, false);
+          kern.apply_corrections(i, r, entries, corr, e, none, e);
+          kern.stream_row_to(e, g, stream);
+        } else {
+          for (int64_t b = 0; b < nb; ++b) kern.block_grad_given(i, b, r, g, stream);
+          kern.apply_corrections(i, r, entries, corr, g, none, nullptr);
+        }
       }
       if (stream) V::stream_fence();
     };
@@ -121,7 +144,7 @@ void drive_given(const K& kern, const Entries& entries) {
     return;
   }
 
-  // Few rows, many columns: the blocks of each row across threads.
+  // Few rows, many columns (float and double): the blocks of each row across threads.
   std::vector<RowResult> results(static_cast<size_t>(n));
   std::vector<std::vector<T>> corr(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
@@ -134,5 +157,6 @@ void drive_given(const K& kern, const Entries& entries) {
     if (stream) V::stream_fence();
   };
   detail::parallel_for(n * nb, grad_body);
-  for (int64_t i = 0; i < n; ++i) kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i));
+  for (int64_t i = 0; i < n; ++i)
+    kern.apply_corrections(i, results[size_t(i)], entries, corr[size_t(i)], kern.grad_row(i), none, nullptr);
 }

@@ -11,6 +11,12 @@ Contenders of the main cases (N x K logits, mean reduction, loss + gradient):
   torch           F.cross_entropy forward + backward (probability targets / class indices)
   jax             jax.jit(jax.value_and_grad(optax.softmax_cross_entropy(...).mean()))
                   (softmax_cross_entropy_with_integer_labels for integer targets)
+16-bit cases (--dtypes bfloat16,float16): logits, dense targets and the gradient in
+that dtype; the floor moves the same bytes as int16 (NumPy has no fast bfloat16
+arithmetic); plain NumPy computes in float32 (it converts first: what a user does);
+PyTorch and JAX run in the same dtype; `fastxent_torch` is fastxent.torch.cross_entropy
+forward + backward on the same tensors (no copy), against PyTorch's in that dtype.
+bfloat16 needs ml_dtypes (JAX's dependency) for its NumPy dtype.
 Extra float32 cases: sparse targets against the same targets dense, a multi-label
 batch (fastxent sparse vs PyTorch dense), and a PyTorch training step with each loss.
 The `adapters` mode's contenders (what fastxent.torch / fastxent.jax cost over the raw
@@ -99,7 +105,23 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
 
+SIXTEEN_BIT = ("bfloat16", "float16")
+
+
+def np_dtype(name: str) -> np.dtype:
+    """NumPy's dtype of that name (bfloat16: ml_dtypes', imported here on first use)."""
+    if name == "bfloat16":
+        ml_dtypes, why = optional("ml_dtypes")
+        if ml_dtypes is None:
+            raise RuntimeError(why)
+        bf16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bf16
+    return np.dtype(name)
+
+
 def _logits(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
+    if dtype in SIXTEEN_BIT:
+        return (rng.standard_normal((n, k), dtype=np.float32) * 2).astype(np_dtype(dtype))
     x = rng.standard_normal((n, k), dtype=np.dtype(dtype).type)
     x *= 2
     return x
@@ -107,7 +129,7 @@ def _logits(rng: np.random.Generator, n: int, k: int, dtype: str) -> np.ndarray:
 
 def _multi_hot(rng: np.random.Generator, n: int, k: int, labels: int, dtype: str) -> np.ndarray:
     """n x k multi-hot rows with `labels` classes drawn per row (duplicates collapse)."""
-    y = np.zeros((n, k), dtype=dtype)
+    y = np.zeros((n, k), dtype=np_dtype(dtype))
     y[np.arange(n)[:, None], rng.integers(0, k, size=(n, labels))] = 1
     return y
 
@@ -153,21 +175,35 @@ def plain_numpy_index(x: np.ndarray, t: np.ndarray) -> tuple[Any, np.ndarray]:
     return loss, grad
 
 
-def _torch_contender(x: np.ndarray, y: np.ndarray, label: str) -> Contender:
+def _tensor(torch: Any, a: np.ndarray) -> Any:
+    """The array's memory as a tensor (bfloat16 through an int16 view)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _torch_contender(x: np.ndarray, y: np.ndarray, label: str, name: str = "torch") -> Contender:
+    """F.cross_entropy forward + backward, or (name "fastxent_torch") fastxent.torch's."""
     torch, why = optional("torch")
     if torch is None:
-        return Contender("torch", label, None, "rss", why)
+        return Contender(name, label, None, "rss", why)
     import torch.nn.functional as F
 
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # shares the arrays' memory
+    ce = F.cross_entropy
+    if name == "fastxent_torch":
+        fxt, why = optional("fastxent.torch")
+        if fxt is None:
+            return Contender(name, label, None, "rss", why)
+        ce = fxt.cross_entropy
+    xt, yt = _tensor(torch, x), _tensor(torch, y)  # shares the arrays' memory
 
     def run() -> Any:
         xg = xt.detach().requires_grad_()
-        loss = F.cross_entropy(xg, yt)
+        loss = ce(xg, yt)
         loss.backward()  # type: ignore[no-untyped-call]
         return loss.detach()
 
-    return Contender("torch", label, run, "rss")
+    return Contender(name, label, run, "rss")
 
 
 def _jax_contender(x: np.ndarray, y: np.ndarray, integer: bool, threads: int) -> Contender:
@@ -199,6 +235,11 @@ def _fx_contenders(x: np.ndarray, targets: Any, name: str = "fastxent", what: st
 
 
 def _floor(x: np.ndarray, y: np.ndarray | None) -> Contender:
+    if x.dtype.itemsize == 2:
+        # 16-bit: NumPy computes float16 through float32 and bfloat16 in a slow cast loop;
+        # the floor is the bytes moved, so they move as int16
+        x = x.view(np.int16)
+        y = None if y is None else y.view(np.int16)
     g = np.empty_like(x)
 
     def add() -> None:
@@ -224,16 +265,25 @@ def main_case(n: int, k: int, dtype: str, target: str, threads: int) -> Case:
             y = _multi_hot(rng, n, k, max(1, round(DENSE_DENSITY * k)), dtype)
         plain_numpy = plain_numpy_index if integer else plain_numpy_dense
         torch_targets = "class indices" if integer else "probability targets"
-        return [
+        if dtype in SIXTEEN_BIT:  # a user's NumPy converts to float32 first
+            numpy = Contender("numpy", "plain NumPy (converted to float32)",
+                              lambda: plain_numpy(x.astype(np.float32), y if integer else y.astype(np.float32))[0])
+        else:
+            numpy = Contender("numpy", "plain NumPy", lambda: plain_numpy(x, y)[0])
+        contenders = [
             *_fx_contenders(x, y),
             _floor(x, None if integer else y),
-            Contender("numpy", "plain NumPy", lambda: plain_numpy(x, y)[0]),
+            numpy,
             _torch_contender(x, y, f"torch F.cross_entropy fwd+bwd ({torch_targets})"),
             _jax_contender(x, y, integer, threads),
         ]
+        if dtype in SIXTEEN_BIT:
+            contenders.append(_torch_contender(x, y, f"fastxent.torch.cross_entropy fwd+bwd ({torch_targets})",
+                                               "fastxent_torch"))
+        return contenders
 
     return Case(f"{n}x{k}/{dtype}/{target}/t{threads}", "main", n, k, dtype, target, threads,
-                "fastxent_alloc", build, np.dtype(dtype).itemsize)
+                "fastxent_alloc", build, 2 if dtype in SIXTEEN_BIT else np.dtype(dtype).itemsize)
 
 
 def sparse_vs_dense_case(n: int, k: int, threads: int) -> Case:

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (a smoke test, not a measurement)")
     p.add_argument("--sizes", type=_parse_sizes, help=f"main cases, NxK,... (default {cases.DEFAULT_SIZES})")
-    p.add_argument("--dtypes", type=_parse_list(("float32", "float64"), "--dtypes"), default=["float32", "float64"])
+    p.add_argument("--dtypes", type=_parse_list(("float32", "float64", "bfloat16", "float16"), "--dtypes"),
+                   default=["float32", "float64"])
     p.add_argument("--targets", type=_parse_list(("dense", "int"), "--targets"), default=["dense", "int"])
     p.add_argument("--threads", type=_parse_threads, default=None, help="e.g. 1,all (default)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 7; quick 2)")

@@ -103,9 +103,10 @@ def format_table(rows: list[dict[str, Any]], references: dict[str, str]) -> str:
             cells = [by.get((case, c)) for c in names]
             line = [case + (" LOSS MISMATCH" if loss_mismatches([r for r in cells if r]) else "")]
             line += [_fmt_ms(by[(case, c)]["median_ms"]) if (case, c) in by else "" for c in names]
-            line += [_fmt_x(by[(case, c)]["vs_floor"]) for c in fx_names]
-            line += [_fmt_x(by[(case, c)]["fastxent_speedup"]) for c in others]
-            line += [_fmt_nk(by[(case, c)]) for c in mem_names]
+            # (a contender some cases lack, e.g. fastxent_torch in the 16-bit rows only: blank)
+            line += [_fmt_x(by[(case, c)]["vs_floor"]) if (case, c) in by else "" for c in fx_names]
+            line += [_fmt_x(by[(case, c)]["fastxent_speedup"]) if (case, c) in by else "" for c in others]
+            line += [_fmt_nk(by[(case, c)]) if (case, c) in by else "" for c in mem_names]
             table.append(line)
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
         out.append(f"== {group}: medians (ms); xC = C's time / {_short(ref)}'s time; "
