@@ -242,7 +242,7 @@ def mean_denominator(targets: ChunkTargets, n: int, ignore_index: int, weight: n
 
 def prepare_linear(
     input: Any, linear_weight: Any, targets: Any, *, linear_bias: Any, weight: Any, reduction: Any, ignore_index: Any,
-    label_smoothing: Any, z_loss: Any, softcap: Any, chunk_size: Any, backend: Any,
+    label_smoothing: Any, z_loss: Any, softcap: Any, chunk_size: Any, backend: Any, blas_copy: bool = True,
 ) -> LinearPlan:
     """Checks every argument of linear_cross_entropy and builds the plan."""
     be = check_backend(backend)
@@ -273,8 +273,10 @@ def prepare_linear(
     chunk = _check_chunk_size(chunk_size, n, k, x.dtype.itemsize)
     core = None if be == "numpy" else (_backend.require_core() if be == "cpp" else _backend.core_or_none())
     kernel = numpy_backend.softmax_cross_entropy if core is None else core.loss
-    h = _blas_ready(x.reshape(n, d))
-    return LinearPlan(h, _blas_ready(w), b, t, lead_shape, opts, class_weight, chunk, kernel)
+    h = x.reshape(n, d)
+    if blas_copy:  # (the torch adapter multiplies its own tensors)
+        h, w = _blas_ready(h), _blas_ready(w)
+    return LinearPlan(h, w, b, t, lead_shape, opts, class_weight, chunk, kernel)
 
 
 class GemmOps(Protocol):
