@@ -12,7 +12,7 @@ gradient (d loss / d linear_weight depends on it row by row).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -120,12 +120,13 @@ def _upstream_is_one(grad: Tensor) -> bool:
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, input: Tensor, linear_weight: Tensor, linear_bias: Tensor | None, target: Any, opts: dict[str, Any],
     ) -> Tensor:
         plan = _plan(input, linear_weight, target, linear_bias, opts)
         grad_mode = bool(opts["grad_enabled"])  # (forward itself runs without grad)
-        needs = tuple(grad_mode and bool(ctx.needs_input_grad[i]) for i in range(3))
+        want = [grad_mode and bool(ctx.needs_input_grad[i]) for i in range(3)]
+        needs = (want[0], want[1], want[2])
         with_grad = any(needs) and plan.reduction != "none"
         ops = _TorchGemm(plan, input, linear_weight, linear_bias, needs)
         total, row_loss = run_chunks(plan, ops, with_grad=with_grad)
@@ -143,14 +144,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
         if ctx.reduction == "none":
             input, linear_weight, linear_bias = ctx.saved_tensors
             plan = ctx.plan
             v = np.ascontiguousarray(_numpy(grad_loss.reshape(-1)), dtype=plan.dtype)
             ops = _TorchGemm(plan, input, linear_weight, linear_bias, ctx.needs)
             run_chunks(plan, ops, with_grad=True, row_scale=v)
-            grads = (ops.d_input, ops.d_weight, ops.d_bias)
+            grads: tuple[Tensor | None, ...] = (ops.d_input, ops.d_weight, ops.d_bias)
         else:
             grads = ctx.saved_tensors
             if not _upstream_is_one(grad_loss):  # (out of place: the graph may be retained)
@@ -197,11 +198,14 @@ def _composed(
     return rows.sum() if reduction == "sum" else rows.sum() / denom
 
 
-@torch.compiler.disable
-def _fused(input: Tensor, linear_weight: Tensor, target: Any, linear_bias: Tensor | None, opts: dict[str, Any]) -> Tensor:
+def _fused_impl(input: Tensor, linear_weight: Tensor, target: Any, linear_bias: Tensor | None, opts: dict[str, Any]) -> Tensor:
     loss = _FusedLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, opts)  # type: ignore[no-untyped-call]
     assert isinstance(loss, Tensor)
     return loss
+
+
+# (not traced: torch.compile runs it eagerly, a graph break, instead of tracing into NumPy)
+_fused: Callable[..., Tensor] = torch.compiler.disable(_fused_impl)  # type: ignore[no-untyped-call]
 
 
 def linear_cross_entropy(
@@ -290,11 +294,12 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Any, linear_bias: Tensor | None = None) -> Tensor:
-        return linear_cross_entropy(
+        loss: Tensor = linear_cross_entropy(
             input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
             softcap=self.softcap, chunk_size=self.chunk_size,
         )
+        return loss
 
     def extra_repr(self) -> str:
         return (

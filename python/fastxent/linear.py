@@ -347,7 +347,8 @@ class NumpyGemm:
 
     def backward(self, r0: int, r1: int, g: np.ndarray, row_scale: np.ndarray | None) -> None:
         p = self.plan
-        assert self.d_input is not None and self.d_weight is not None
+        assert self.d_input is not None
+        assert self.d_weight is not None
         h = p.hidden[r0:r1]
         d_in = self.d_input[r0:r1]
         np.matmul(g, p.weight, out=d_in)
@@ -439,7 +440,8 @@ def linear_cross_entropy(
     loss: Any = row_loss.reshape(plan.lead_shape) if plan.reduction == "none" else plan.dtype.type(total)
     if not with_grad:
         return loss, None
-    assert ops.d_input is not None and ops.d_weight is not None
+    assert ops.d_input is not None
+    assert ops.d_weight is not None
     return loss, (ops.d_input.reshape(plan.lead_shape + (plan.d,)), ops.d_weight, ops.d_bias)
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import api
 from ._checks import check_reduction
-from ._torch_linear import LinearCrossEntropyLoss as LinearCrossEntropyLoss, linear_cross_entropy as linear_cross_entropy
+from ._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: F401  (fastxent.torch.linear_cross_entropy)
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 

@@ -1,0 +1,264 @@
+"""Fused linear + cross-entropy (issue 14): time and extra peak memory of each contender.
+
+    python bench/bench_linear.py                       # N=4096 D=1024 K=32000 float32, 2 threads
+    python bench/bench_linear.py --n 1024 --d 512 --k 8000 --repeat 3
+    python bench/bench_linear.py --quick               # tiny sizes, a smoke test
+
+Every contender runs in a fresh subprocess: inputs are made, a small call of the same
+contender warms up its libraries and threads, the RSS high-water mark is reset
+(``/proc/self/clear_refs``), one full forward + backward runs, and its extra peak
+memory is ``VmHWM - VmRSS before - the returned gradients' bytes`` (the resident
+high-water mark of the process, so it counts every allocator: NumPy, PyTorch, BLAS).
+Then ``--repeat`` more calls are timed; the median is reported. Class-index targets,
+reduction "mean", no bias.
+
+Contenders:
+  fx_numpy[c]      fx.linear_cross_entropy (NumPy's matmul), chunk c rows (default: the memory budget)
+  fx_torch[c]      fastxent.torch.linear_cross_entropy (torch.mm / addmm), chunk c
+  gemm3_numpy      the three products alone, unchunked, NumPy: X = h @ W.T, X @ W, X.T @ h
+  gemm3_torch      the same with torch.mm
+  gemm3c_numpy[c]  the three products alone, chunked as fx_numpy[c] (no loss): what fx_numpy adds beyond the GEMMs
+  gemm3c_torch[c]  the same with torch (addmm_ accumulation), as fx_torch[c]
+  torch_unfused    F.cross_entropy(h @ W.T, t) forward + backward
+  torch_lce[m]     F.linear_cross_entropy(..., options=LinearCrossEntropyOptions(m)): m = "default"
+                   (its CPU default: aspect_ratio:2), "aspect_ratio", or a batch_chunk_size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _contender(name: str, n: int, d: int, k: int, threads: int) -> tuple[Callable[[int], Any], Callable[[Any], int]]:
+    """(run(rows) -> result kept alive until measured, bytes of the returned gradients)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    h_np = rng.standard_normal((n, d), dtype=np.float32)
+    w_np = (rng.standard_normal((k, d), dtype=np.float32) * (1 / d**0.5)).astype(np.float32)
+    t_np = rng.integers(0, k, n)
+    base, _, arg = name.partition("[")
+    arg = arg.rstrip("]")
+    chunk = int(arg) if arg.isdigit() else None
+
+    def nbytes(res: Any) -> int:
+        return sum(int(getattr(a, "nbytes", 0) or (a.numel() * a.element_size() if hasattr(a, "numel") else 0)) for a in res)
+
+    if base in ("fx_numpy", "gemm3_numpy", "gemm3c_numpy"):
+        import fastxent as fx
+
+        fx.set_num_threads(threads)
+        if base == "fx_numpy":
+            def run(m: int) -> Any:
+                return fx.linear_cross_entropy(h_np[:m], w_np, t_np[:m], chunk_size=chunk)[1]
+        elif base == "gemm3_numpy":
+            def run(m: int) -> Any:
+                x = h_np[:m] @ w_np.T
+                return (x @ w_np, x.T @ h_np[:m])
+        else:
+            from fastxent import linear as fl
+
+            def run(m: int) -> Any:
+                c = chunk or fl.default_chunk_size(m, k, 4)
+                buf = np.empty((c, k), np.float32)
+                d_in = np.empty((m, d), np.float32)
+                d_w = np.empty((k, d), np.float32)
+                block = max(1, min(k, fl._ACCUMULATE_BYTES // (d * 4)))
+                acc = np.empty((block, d), np.float32)
+                for r0 in range(0, m, c):
+                    r1 = min(m, r0 + c)
+                    g = buf[: r1 - r0]
+                    np.matmul(h_np[r0:r1], w_np.T, out=g)
+                    np.matmul(g, w_np, out=d_in[r0:r1])
+                    if r0 == 0:
+                        np.matmul(g.T, h_np[r0:r1], out=d_w)
+                    else:
+                        for k0 in range(0, k, block):
+                            k1 = min(k, k0 + block)
+                            np.matmul(g[:, k0:k1].T, h_np[r0:r1], out=acc[: k1 - k0])
+                            d_w[k0:k1] += acc[: k1 - k0]
+                return (d_in, d_w)
+        return run, nbytes
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    h0 = torch.from_numpy(h_np)
+    w0 = torch.from_numpy(w_np)
+    t0 = torch.from_numpy(t_np)
+
+    # The leaves are inputs: made once, before the measurement (their .grad is the result).
+    h_leaf, w_leaf = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+
+    if base == "gemm3_torch":
+        def run(m: int) -> Any:
+            x = h0[:m] @ w0.T
+            return (x @ w0, x.T @ h0[:m])
+        return run, nbytes
+    if base == "gemm3c_torch":
+        from fastxent import linear as fl
+
+        def run(m: int) -> Any:
+            c = chunk or fl.default_chunk_size(m, k, 4)
+            buf = torch.empty((c, k))
+            d_in = torch.empty((m, d))
+            d_w = torch.empty((k, d))
+            for r0 in range(0, m, c):
+                r1 = min(m, r0 + c)
+                g = buf[: r1 - r0]
+                torch.mm(h0[r0:r1], w0.t(), out=g)
+                torch.mm(g, w0, out=d_in[r0:r1])
+                if r0 == 0:
+                    torch.mm(g.t(), h0[r0:r1], out=d_w)
+                else:
+                    d_w.addmm_(g.t(), h0[r0:r1])
+            return (d_in, d_w)
+        return run, nbytes
+
+    if base == "fx_torch":
+        import fastxent
+        import fastxent.torch as ft
+
+        fastxent.set_num_threads(threads)
+
+        def loss_fn(h: Any, w: Any, t: Any) -> Any:
+            return ft.linear_cross_entropy(h, w, t, chunk_size=chunk)
+    elif base == "torch_unfused":
+        def loss_fn(h: Any, w: Any, t: Any) -> Any:
+            return F.cross_entropy(h @ w.T, t)
+    elif base == "torch_lce":
+        if arg == "default":
+            opts = torch.nn.LinearCrossEntropyOptions()
+        elif arg.isdigit():
+            opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=int(arg), chunking_method=None)
+        else:
+            opts = torch.nn.LinearCrossEntropyOptions(chunking_method=arg)
+
+        def loss_fn(h: Any, w: Any, t: Any) -> Any:
+            return F.linear_cross_entropy(h, w, t, options=opts)
+    else:
+        raise SystemExit(f"unknown contender {name!r}")
+
+    def run(m: int) -> Any:
+        h_leaf.grad = w_leaf.grad = None
+        h = h_leaf if m == n else h_leaf[:m].detach().requires_grad_()
+        loss_fn(h, w_leaf, t0[:m]).backward()
+        return (h.grad, w_leaf.grad)
+
+    def torch_nbytes(res: Any) -> int:
+        return sum(a.numel() * a.element_size() for a in res)
+
+    return run, torch_nbytes
+
+
+def child(name: str, n: int, d: int, k: int, threads: int, repeat: int) -> dict[str, Any]:
+    run, nbytes = _contender(name, n, d, k, threads)
+    warm = run(min(n, 64))
+    del warm
+    inputs_rss = _status("VmRSS")
+    reset = _reset_peak()
+    t0 = time.perf_counter()
+    res = run(n)
+    first = time.perf_counter() - t0
+    peak = _status("VmHWM")
+    extra = peak - inputs_rss - nbytes(res)
+    del res
+    times = [first]
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = run(n)
+        times.append(time.perf_counter() - t0)
+        del res
+    return {
+        "contender": name, "median_s": statistics.median(times[1:]) if repeat else first, "times_s": times,
+        "extra_peak_mib": extra / 2**20, "peak_reset": reset,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=32000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sweep", default="64,128,256,512,1024,2048", help="chunk sizes for fx_numpy[c] / fx_torch[c]")
+    ap.add_argument("--contenders", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--json", default=None, help="write the rows here too")
+    ap.add_argument("--quick", action="store_true", help="N=256 D=64 K=1000, repeat 1: a smoke test")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.quick:
+        a.n, a.d, a.k, a.repeat, a.sweep = 256, 64, 1000, 1, "64,512"
+    if a.child:
+        print(json.dumps(child(a.child, a.n, a.d, a.k, a.threads, a.repeat)))
+        return
+    sweep = [int(c) for c in a.sweep.split(",") if c]
+    names = a.contenders.split(",") if a.contenders else (
+        ["fx_numpy", "fx_torch", "gemm3_numpy", "gemm3_torch", "gemm3c_numpy", "gemm3c_torch", "torch_unfused",
+         "torch_lce[default]", "torch_lce[aspect_ratio]"]
+        + [f"torch_lce[{c}]" for c in sweep if c >= 256]
+        + [f"fx_numpy[{c}]" for c in sweep] + [f"fx_torch[{c}]" for c in sweep]
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads),
+               MKL_NUM_THREADS=str(a.threads), FASTXENT_NUM_THREADS=str(a.threads))
+    print(f"# N={a.n} D={a.d} K={a.k} float32, {a.threads} threads, {cpu_name()}, {os.cpu_count()} CPUs; "
+          f"median of {a.repeat} after one measured call; extra peak = RSS high-water - inputs - returned grads",
+          flush=True)
+    print(f"{'contender':28s} {'median s':>9s} {'extra MiB':>10s}", flush=True)
+    rows = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name, "--n", str(a.n), "--d", str(a.d), "--k", str(a.k),
+               "--threads", str(a.threads), "--repeat", str(a.repeat)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            print(f"{name:28s} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{name:28s} {row['median_s']:9.3f} {row['extra_peak_mib']:10.1f}", flush=True)
+    if a.json:
+        meta = {"n": a.n, "d": a.d, "k": a.k, "threads": a.threads, "cpu": cpu_name(), "repeat": a.repeat}
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
