@@ -171,7 +171,9 @@ def _contender(name: str, n: int, d: int, k: int, threads: int) -> tuple[Callabl
         h_leaf.grad = w_leaf.grad = None
         h = h_leaf if m == n else h_leaf[:m].detach().requires_grad_()
         loss_fn(h, w_leaf, t0[:m]).backward()
-        return (h.grad, w_leaf.grad)
+        res = (h.grad, w_leaf.grad)
+        w_leaf.grad = None  # the caller holds the result as long as it keeps it, not the leaf
+        return res
 
     def torch_nbytes(res: Any) -> int:
         return sum(a.numel() * a.element_size() for a in res)
@@ -203,6 +205,48 @@ def child(name: str, n: int, d: int, k: int, threads: int, repeat: int) -> dict[
     }
 
 
+def accuracy(n: int, d: int, k: int) -> None:
+    """Worst float32 errors against the float64 unfused composition, relative to the
+    largest reference value of each output (loss, d_input, d_linear_weight)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import fastxent as fx
+    import fastxent.torch as ft
+
+    rng = np.random.default_rng(1)
+    h = rng.standard_normal((n, d)).astype(np.float32)
+    w = (rng.standard_normal((k, d)) / d**0.5 * 4).astype(np.float32)  # logits of spread ~4
+    t = rng.integers(0, k, n)
+    h64, w64 = h.astype(np.float64), w.astype(np.float64)
+    ref_loss, g = fx.softmax_cross_entropy(h64 @ w64.T, t)
+    ref = [np.float64(ref_loss), g @ w64, g.T @ h64]
+
+    def torch_run(fn: Callable[[Any, Any], Any]) -> list[Any]:
+        ht = torch.from_numpy(h).requires_grad_()
+        wt = torch.from_numpy(w).requires_grad_()
+        loss = fn(ht, wt)
+        loss.backward()
+        return [loss.detach().numpy(), ht.grad.numpy(), wt.grad.numpy()]
+
+    tt = torch.from_numpy(t)
+    opts = torch.nn.LinearCrossEntropyOptions()
+    runs = {
+        "fx.linear_cross_entropy": lambda: [fx.linear_cross_entropy(h, w, t)[0], *fx.linear_cross_entropy(h, w, t)[1][:2]],
+        "fastxent.torch.linear_cross_entropy": lambda: torch_run(lambda a, b: ft.linear_cross_entropy(a, b, tt)),
+        "torch unfused F.cross_entropy(h @ W.T)": lambda: torch_run(lambda a, b: F.cross_entropy(a @ b.T, tt)),
+        "F.linear_cross_entropy(options=default)": lambda: torch_run(lambda a, b: F.linear_cross_entropy(a, b, tt, options=opts)),
+    }
+    print(f"# worst float32 error vs float64, relative to max |reference|: N={n} D={d} K={k}, {cpu_name()}")
+    print(f"{'contender':42s} {'loss':>9s} {'d_input':>9s} {'d_weight':>9s}")
+    for name, run in runs.items():
+        got = run()
+        errs = [float(np.max(np.abs(np.asarray(a, np.float64) - e)) / max(float(np.max(np.abs(e))), 1e-300))
+                for a, e in zip(got, ref)]
+        print(f"{name:42s} " + " ".join(f"{x:9.2e}" for x in errs))
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -227,7 +271,11 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the rows here too")
     ap.add_argument("--quick", action="store_true", help="N=256 D=64 K=1000, repeat 1: a smoke test")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--accuracy", action="store_true", help="worst float32 errors against float64 instead of timings")
     a = ap.parse_args()
+    if a.accuracy:
+        accuracy(a.n, a.d, a.k)
+        return
     if a.quick:
         a.n, a.d, a.k, a.repeat, a.rounds, a.sweep = 256, 64, 1000, 1, 1, "64,512"
     if a.child:

@@ -260,3 +260,24 @@ def test_dense_targets_are_converted_a_chunk_at_a_time(monkeypatch: pytest.Monke
     monkeypatch.setattr(fl.ChunkTargets, "fields", spy)
     fx.linear_cross_entropy(h, w, t.astype(np.float64), linear_bias=b, chunk_size=4)
     assert seen == [(4, K), (4, K), (2, K)]
+
+
+def test_bench_script_runs_and_reports_memory(tmp_path: Any) -> None:
+    """bench/bench_linear.py (a smoke run at tiny sizes): every contender asked for
+    gives a time and an extra-peak-memory figure."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_linear.py"
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--contenders", "fx_numpy,fx_numpy[64],gemm3c_numpy", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["fx_numpy", "fx_numpy[64]", "gemm3c_numpy"]
+    assert all(r["min_s"] > 0 for r in rows)
+    assert all(r["extra_peak_mib"] > -1 for r in rows)  # (MiB; page-granular)
