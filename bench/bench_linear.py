@@ -1,18 +1,20 @@
 """Fused linear + cross-entropy (issue 14): time and extra peak memory of each contender.
 
     python bench/bench_linear.py                       # N=4096 D=1024 K=32000 float32, 2 threads
-    python bench/bench_linear.py --n 1024 --d 512 --k 8000 --repeat 3
+    python bench/bench_linear.py --n 1024 --d 512 --k 8000 --rounds 5
     python bench/bench_linear.py --quick               # tiny sizes, a smoke test
+    python bench/bench_linear.py --accuracy --n 1024 --d 512 --k 8000   # worst float32 errors vs float64
 
-Every contender runs in a fresh subprocess: inputs are made, a small call of the same
-contender warms up its libraries and threads, the RSS high-water mark is reset
-(``/proc/self/clear_refs``), one full forward + backward runs, and its extra peak
-memory is ``VmHWM - VmRSS before - the returned gradients' bytes`` (the resident
+Memory: every contender runs in a fresh subprocess: inputs are made, a small call of
+the same contender warms up its libraries and threads, the RSS high-water mark is
+reset (``/proc/self/clear_refs``), one full forward + backward runs, and its extra
+peak memory is ``VmHWM - VmRSS before - the returned gradients' bytes`` (the resident
 high-water mark of the process, so it counts every allocator: NumPy, PyTorch, BLAS).
-Then ``--repeat`` more calls are timed. Contenders run in turn, ``--rounds`` times
-(a burst of load from elsewhere hits one call, not one contender); the minimum and
-the median over all timed calls are reported. Class-index targets,
-reduction "mean", no bias.
+
+Time: all contenders in one process (warmed up), called in turn, ``--rounds`` times:
+the calls compared run side by side, so a burst of load from elsewhere (this machine
+is shared) hits single calls, which the minimum discards. The minimum and the median
+per contender are reported. Class-index targets, reduction "mean", no bias.
 
 Contenders:
   fx_numpy[c]      fx.linear_cross_entropy (NumPy's matmul), chunk c rows (default: the memory budget)
@@ -29,6 +31,7 @@ Contenders:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -56,14 +59,29 @@ def _reset_peak() -> bool:
         return False
 
 
-def _contender(name: str, n: int, d: int, k: int, threads: int) -> tuple[Callable[[int], Any], Callable[[Any], int]]:
-    """(run(rows) -> result kept alive until measured, bytes of the returned gradients)."""
+@functools.cache
+def _inputs(n: int, d: int, k: int) -> tuple[Any, Any, Any]:
     import numpy as np
 
     rng = np.random.default_rng(0)
     h_np = rng.standard_normal((n, d), dtype=np.float32)
     w_np = (rng.standard_normal((k, d), dtype=np.float32) * (1 / d**0.5)).astype(np.float32)
-    t_np = rng.integers(0, k, n)
+    return h_np, w_np, rng.integers(0, k, n)
+
+
+@functools.cache
+def _torch_leaves(n: int, d: int, k: int) -> tuple[Any, Any]:
+    import torch
+
+    h_np, w_np, _ = _inputs(n, d, k)
+    return torch.from_numpy(h_np.copy()).requires_grad_(), torch.from_numpy(w_np.copy()).requires_grad_()
+
+
+def _contender(name: str, n: int, d: int, k: int, threads: int) -> tuple[Callable[[int], Any], Callable[[Any], int]]:
+    """(run(rows) -> result kept alive until measured, bytes of the returned gradients)."""
+    import numpy as np
+
+    h_np, w_np, t_np = _inputs(n, d, k)
     base, _, arg = name.partition("[")
     arg = arg.rstrip("]")
     chunk = int(arg) if arg.isdigit() else None
@@ -116,7 +134,7 @@ def _contender(name: str, n: int, d: int, k: int, threads: int) -> tuple[Callabl
     t0 = torch.from_numpy(t_np)
 
     # The leaves are inputs: made once, before the measurement (their .grad is the result).
-    h_leaf, w_leaf = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    h_leaf, w_leaf = _torch_leaves(n, d, k)
 
     if base == "gemm3_torch":
         def run(m: int) -> Any:
@@ -247,6 +265,26 @@ def accuracy(n: int, d: int, k: int) -> None:
         print(f"{name:42s} " + " ".join(f"{x:9.2e}" for x in errs))
 
 
+def timing_child(names: list[str], n: int, d: int, k: int, threads: int, rounds: int) -> dict[str, list[float]]:
+    """Every contender in this one process, called in turn, `rounds` times: the calls
+    being compared run side by side, so a burst of load from elsewhere hits single
+    calls (the minimum discards them), not whole contenders."""
+    runs = {}
+    for name in names:
+        run, _ = _contender(name, n, d, k, threads)
+        run(min(n, 64))  # warm-up: libraries, threads, BLAS buffers (the result is dropped)
+        runs[name] = run
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            res = run(n)
+            times[name].append(time.perf_counter() - t0)
+            del res
+            print(f"  round {r}: {name:28s} {times[name][-1]:8.3f} s", file=sys.stderr, flush=True)
+    return times
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -264,22 +302,26 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--k", type=int, default=32000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2, help="timed calls per contender per round")
-    ap.add_argument("--rounds", type=int, default=2, help="every contender runs once per round (interleaved: fair under noise)")
+    ap.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3, help="timed calls per contender, in turn with the others")
     ap.add_argument("--sweep", default="64,128,256,512,1024,2048", help="chunk sizes for fx_numpy[c] / fx_torch[c]")
     ap.add_argument("--contenders", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--json", default=None, help="write the rows here too")
-    ap.add_argument("--quick", action="store_true", help="N=256 D=64 K=1000, repeat 1: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="N=256 D=64 K=1000, one round: a smoke test")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--timing-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--accuracy", action="store_true", help="worst float32 errors against float64 instead of timings")
     a = ap.parse_args()
     if a.accuracy:
         accuracy(a.n, a.d, a.k)
         return
     if a.quick:
-        a.n, a.d, a.k, a.repeat, a.rounds, a.sweep = 256, 64, 1000, 1, 1, "64,512"
+        a.n, a.d, a.k, a.rounds, a.sweep = 256, 64, 1000, 1, "64,512"
     if a.child:
         print(json.dumps(child(a.child, a.n, a.d, a.k, a.threads, a.repeat)))
+        return
+    if a.timing_child:
+        print(json.dumps(timing_child(a.timing_child.split(","), a.n, a.d, a.k, a.threads, a.rounds)))
         return
     sweep = [int(c) for c in a.sweep.split(",") if c]
     names = a.contenders.split(",") if a.contenders else (
@@ -291,30 +333,31 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads),
                MKL_NUM_THREADS=str(a.threads), FASTXENT_NUM_THREADS=str(a.threads))
     print(f"# N={a.n} D={a.d} K={a.k} float32, {a.threads} threads, {cpu_name()}, {os.cpu_count()} CPUs; "
-          f"{a.rounds} rounds (every contender once per round, in turn), {a.repeat} timed calls each; "
-          "extra peak = RSS high-water - inputs - returned grads (first round)", flush=True)
+          f"time: min/median of {a.rounds} calls per contender, all contenders in one process, in turn; "
+          "extra peak = RSS high-water - inputs - returned grads, a fresh process per contender", flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for r in range(a.rounds):
-        for name in names:
-            cmd = [sys.executable, __file__, "--child", name, "--n", str(a.n), "--d", str(a.d), "--k", str(a.k),
-                   "--threads", str(a.threads), "--repeat", str(a.repeat)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode != 0:
-                print(f"{name:28s} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            acc = results.setdefault(name, {"contender": name, "times_s": [], "extra_peak_mib": row["extra_peak_mib"]})
-            acc["times_s"] += row["times_s"][1:] if a.repeat else row["times_s"]
-            print(f"  round {r}: {name:28s} {min(row['times_s'][1:] or row['times_s']):8.3f} s "
-                  f"{row['extra_peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)
+    base_cmd = [sys.executable, __file__, "--n", str(a.n), "--d", str(a.d), "--k", str(a.k), "--threads", str(a.threads)]
+    for name in names:  # memory: a fresh process per contender, one full call after a small warm-up
+        proc = subprocess.run([*base_cmd, "--child", name, "--repeat", "0"], capture_output=True, text=True, env=env,
+                              check=False)
+        if proc.returncode != 0:
+            print(f"{name:28s} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = {"contender": name, "extra_peak_mib": row["extra_peak_mib"], "alone_s": row["times_s"][0]}
+        print(f"  memory: {name:28s} {row['extra_peak_mib']:8.1f} MiB ({row['times_s'][0]:.3f} s alone)", file=sys.stderr,
+              flush=True)
+    proc = subprocess.run([*base_cmd, "--timing-child", ",".join(results), "--rounds", str(a.rounds)], stdout=subprocess.PIPE,
+                          text=True, env=env, check=True)
+    for name, ts in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        results[name]["times_s"] = ts
     print(f"{'contender':28s} {'min s':>8s} {'median s':>9s} {'extra MiB':>10s}")
     for name, acc in results.items():
         acc["min_s"] = min(acc["times_s"])
         acc["median_s"] = statistics.median(acc["times_s"])
         print(f"{name:28s} {acc['min_s']:8.3f} {acc['median_s']:9.3f} {acc['extra_peak_mib']:10.1f}")
     if a.json:
-        meta = {"n": a.n, "d": a.d, "k": a.k, "threads": a.threads, "cpu": cpu_name(), "repeat": a.repeat,
-                "rounds": a.rounds}
+        meta = {"n": a.n, "d": a.d, "k": a.k, "threads": a.threads, "cpu": cpu_name(), "rounds": a.rounds}
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "rows": list(results.values())}, f, indent=1)
 
