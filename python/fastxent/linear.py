@@ -46,7 +46,7 @@ Backend = Optional[Literal["auto", "cpp", "numpy"]]  # (X | None is Python >= 3.
 
 #: The default chunk's logits buffer, in bytes: chunk_size = this / (K * itemsize)
 #: rows (at least 1). bench/bench_linear.py measures the curve that chose it.
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: The largest temporary the NumPy path's d_linear_weight accumulation uses
 #: (NumPy's matmul cannot add into its output: G.T @ input[rows] is computed a
 #: block of classes at a time into it, then added).
