@@ -1813,6 +1813,214 @@ def check_jax(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog
 
 
 # ---------------------------------------------------------------------------------------
+# fx.linear_cross_entropy: the fused linear head, against the unfused path in float64
+# ---------------------------------------------------------------------------------------
+
+LINEAR_ARGS = ("input", "linear_weight", "targets", "linear_bias", "weight", "reduction", "ignore_index", "label_smoothing",
+               "z_loss", "softcap", "chunk_size", "return_grad", "backend", "indptr", "indices", "values")
+# Each makes the call invalid: it must raise (oracle a) and never be accepted.
+LINEAR_BAD = {
+    "input-int": "h = h.astype(np.int64)",
+    "input-0d": "h = np.float32(1.0)",
+    "weight-d": "W = np.zeros((W.shape[0], W.shape[1] + 1), W.dtype)",
+    "weight-dtype": "W = W.astype(np.float64 if W.dtype == np.float32 else np.float32)",
+    "weight-1d": "W = W[0]",
+    "weight-k0": "W = W[:0]",
+    "bias-shape": "b = np.zeros(W.shape[0] + 1, W.dtype)",
+    "bias-dtype": "b = np.zeros(W.shape[0], np.float64 if W.dtype == np.float32 else np.float32)",
+    "targets-shape": "y = np.zeros(h.shape[:-1] + (2,), np.int64) if h.ndim > 1 else np.zeros(3, np.int64)",
+    "label-too-big": "y = np.full(h.shape[:-1], W.shape[0], np.int64)",
+}
+
+
+@st.composite
+def linear_specs(draw: Any) -> dict[str, Any]:
+    n = draw(st.integers(0, 9))
+    d = draw(st.integers(1, 5))
+    k = draw(st.integers(1, 9))
+    lead = pick(draw, [[n], [n], [n], [1, n], [n, 1]] + ([[]] if n == 1 else []))
+    opts: dict[str, str] = {}
+    if draw(st.booleans()):
+        opts["reduction"] = pick(draw, ["'none'", "'sum'", "'mean'"])
+    kind = pick(draw, ["index"] * 4 + ["dense", "multihot", "sparse", "scipy", "odd"])
+    if kind == "index" and draw(one_in(3)):
+        opts["ignore_index"] = pick(draw, ["-100", "0", str(k - 1)])
+    if draw(one_in(3)):
+        opts["label_smoothing"] = pick(draw, ["0.1", "1.0", "0.5"])
+    if draw(one_in(4)):
+        opts["z_loss"] = pick(draw, ["1e-4", "0.5"])
+    if draw(one_in(4)):
+        opts["softcap"] = pick(draw, ["1.0", "30.0"])
+    if draw(one_in(6)):
+        opts["return_grad"] = "False"
+    c_valid = ["None", "1", str(max(n, 1)), str(n + 3), str(draw(st.integers(1, n + 3)))]
+    chunk = pick(draw, c_valid) if not draw(one_in(12)) else pick(draw, ["0", "-1", "2.0", "True", "'4'", "np.int64(2)"])
+    return {
+        "entry": "linear", "n": n, "d": d, "k": k, "lead": lead, "dtype": pick(draw, FLOATS), "seed": draw(seeds),
+        "scale": pick(draw, [0.3, 1.0, 1.0, 4.0]), "kind": kind, "options": opts, "chunk": chunk,
+        "bias": draw(st.booleans()), "weighted": draw(one_in(4)),
+        "alias": draw(one_in(6)),  # input and linear_weight as views into one buffer
+        "layout": pick(draw, [None, None, None, "fortran", "strided", "torch"]),
+        "nan_row": draw(st.integers(0, max(n - 1, 0))) if n and draw(one_in(8)) else None,
+        "bad": pick(draw, sorted(b for b in LINEAR_BAD if n or b != "label-too-big")) if draw(one_in(8)) else None,
+        "all_isa": draw(one_in(4)),
+    }
+
+
+def build_linear(spec: dict[str, Any]) -> Program:
+    n, d, k, dt, s = spec["n"], spec["d"], spec["k"], spec["dtype"], spec["seed"]
+    lead = tuple(spec["lead"])
+    setup = [(f"rng = np.random.default_rng({s})", "plain")]
+    if spec["alias"]:
+        setup += [(f"buf = (rng.standard_normal({n * d + k * d}) * {spec['scale']}).astype({dt!r})", "plain"),
+                  (f"h = buf[:{n * d}].reshape({lead + (d,)!r}); W = buf[{n * d}:].reshape({k}, {d})", "plain")]
+    else:
+        setup += [(f"h = (rng.standard_normal({lead + (d,)!r}) * {spec['scale']}).astype({dt!r})", "plain"),
+                  (f"W = (rng.standard_normal(({k}, {d})) * {spec['scale']}).astype({dt!r})", "plain")]
+    if spec["nan_row"] is not None:
+        setup.append((f"h.reshape(-1, {d})[{spec['nan_row']}, 0] = np.nan", "plain"))
+    setup.append((f"b = rng.standard_normal({k}).astype({dt!r})", "plain"))
+    kind = spec["kind"]
+    if kind == "index":
+        setup += [(f"y = rng.integers(0, {k}, {lead!r})", "plain"),
+                  (f"y.reshape(-1)[rng.random({n}) < 0.25] = {spec['options'].get('ignore_index', '-100')}", "plain")]
+    elif kind == "dense":
+        setup.append((f"y = rng.dirichlet(np.ones({k}), {lead!r})", "plain"))
+    elif kind == "multihot":
+        setup.append((f"y = rng.random({lead + (k,)!r}) < 0.3", "plain"))
+    elif kind in ("sparse", "scipy"):
+        setup += [(f"ip = np.r_[0, np.cumsum(rng.integers(0, 3, {n}))]", "plain"),
+                  (f"ix = rng.integers(0, {k}, ip[-1]); vals = rng.random(ip[-1]) + 0.5", "plain")]
+        setup.append(("y = fx.SparseTargets(ip, ix, vals)" if kind == "sparse"
+                      else f"y = scipy.sparse.csr_matrix((vals, ix, ip), shape=({n}, {k}))", "plain"))
+    else:
+        setup.append(("y = " + pick_odd(spec["seed"], lead, k), "plain"))
+    if spec["bad"]:
+        setup.append((LINEAR_BAD[spec["bad"]], "plain"))
+    if spec["layout"] == "fortran":
+        setup.append(("W = np.asfortranarray(W)", "plain"))
+    elif spec["layout"] == "strided" and spec["bad"] != "input-0d":
+        setup.append(("h = np.repeat(h, 2, axis=-1)[..., ::2]", "plain"))
+    elif spec["layout"] == "torch":
+        setup.append(("h, W = torch.from_numpy(np.asarray(h)), torch.from_numpy(W)", "plain"))
+    args = {"input": "h", "linear_weight": "W", "targets": "y"}
+    if spec["bias"] or spec["bad"] in ("bias-shape", "bias-dtype"):
+        args["linear_bias"] = "b"
+    if spec["weighted"]:
+        setup.append((f"cw = np.linspace(-0.5, 2.0, {k})", "plain"))
+        args["weight"] = "cw"
+    args.update(spec["options"])
+    args["chunk_size"] = spec["chunk"]
+    return Program(setup, "fx.linear_cross_entropy", args, positional=("input", "linear_weight", "targets"))
+
+
+def pick_odd(seed: int, lead: tuple[int, ...], k: int) -> str:
+    odd = ["None", "'abc'", "3.5", f"np.zeros({lead!r}, dtype=complex)", f"np.zeros({lead + (k + 1,)!r})", "[[0, 1], [2]]"]
+    return odd[seed % len(odd)]
+
+
+def capture_linear(res: Any, args: dict[str, Any]) -> Any:
+    loss, grads = res
+    flat = [loss] + ([] if grads is None else list(grads))
+    out = LossResult(tuple(None if a is None else np.array(np.asarray(a), np.float64, copy=True) for a in flat))
+    out.types = linear_types_problem(loss, grads, args)
+    return out
+
+
+def linear_types_problem(loss: Any, grads: Any, args: dict[str, Any]) -> str:
+    h = np.asarray(args["input"])
+    w = np.asarray(args["linear_weight"])
+    red = args.get("reduction", "mean")
+    if red == "none":
+        if not isinstance(loss, np.ndarray) or loss.shape != h.shape[:-1] or loss.dtype != h.dtype:
+            return f"loss for 'none': {type(loss).__name__} {np.shape(loss)}, want {h.dtype} {h.shape[:-1]}"
+    elif not isinstance(loss, np.floating) or loss.dtype != h.dtype:
+        return f"loss for {red!r}: {type(loss).__name__}, want a {h.dtype} scalar"
+    if args.get("return_grad", True) is False:
+        return "" if grads is None else "return_grad=False returned gradients"
+    d_in, d_w, d_b = grads
+    if d_in.shape != h.shape or d_w.shape != w.shape or d_in.dtype != h.dtype or d_w.dtype != h.dtype:
+        return f"gradients of shapes {d_in.shape} {d_w.shape}, want {h.shape} {w.shape}"
+    if (d_b is None) != (args.get("linear_bias") is None):
+        return "d_linear_bias is None exactly when linear_bias is"
+    return ""
+
+
+def linear_reference(args: dict[str, Any]) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
+    """The unfused path in float64: logits = input @ W.T + b, softmax_cross_entropy (the
+    NumPy twin, float64), the chain rule. Returns the loss and gradients, and per output
+    a bound on a correct float32/float64 computation's error (sums of |products|, plus a
+    per-row allowance for the logits' own rounding)."""
+    h = np.asarray(args["input"], np.float64)
+    w = np.asarray(args["linear_weight"], np.float64)
+    d = w.shape[1]
+    h2 = h.reshape(-1, d)
+    b = args.get("linear_bias")
+    b64 = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
+    logits = h2 @ w.T + b64
+    opts = {n: args[n] for n in ("reduction", "weight", "ignore_index", "label_smoothing", "z_loss", "softcap") if n in args}
+    t = args["targets"]
+    tt = t if isinstance(t, fx.SparseTargets) or hasattr(t, "tocsr") else np.asarray(t)
+    if isinstance(tt, np.ndarray):
+        tt = tt.reshape(-1) if tt.dtype.kind in "iu" else tt.reshape(logits.shape)
+    loss, g = fx.softmax_cross_entropy(logits, tt, backend="numpy", **opts)
+    # |q| per row (the target mass the kernel multiplies), and the logits' size
+    _, g_none = fx.softmax_cross_entropy(logits, tt, backend="numpy", **{**opts, "reduction": "none"})
+    mag = np.abs(h2) @ np.abs(w.T) + np.abs(b64)
+    row_size = np.max(mag, axis=1, initial=0.0) + np.log(w.shape[0]) + 1
+    z = float(opts.get("z_loss", 0.0))
+    red = opts.get("reduction", "mean")
+    scale = 1.0
+    if red == "mean" and logits.shape[0]:
+        _, g_sum = fx.softmax_cross_entropy(logits, tt, backend="numpy", **{**opts, "reduction": "sum"})
+        with np.errstate(all="ignore"):
+            ratio = np.abs(g).sum() / np.abs(g_sum).sum() if np.abs(g_sum).sum() else 1.0
+        scale = float(ratio) if np.isfinite(ratio) else 1.0
+    mass = np.abs(g_none).sum(axis=1) + 1 + 2 * z * row_size  # allowance per row for the logits' rounding
+    allow = np.abs(g) + (scale * mass)[:, None]
+    grads = [g @ w, g.T @ h2, g.sum(0)]
+    bounds = [allow @ np.abs(w), allow.T @ np.abs(h2), allow.sum(0)]
+    loss_b = scale * mass * row_size * (1 + z * row_size)
+    loss_b = loss_b.reshape(h.shape[:-1]) if red == "none" else np.asarray(loss_b.sum())
+    grads[0] = grads[0].reshape(h.shape)
+    bounds[0] = bounds[0].reshape(h.shape)
+    loss = np.asarray(loss, np.float64).reshape(h.shape[:-1]) if red == "none" else np.asarray(loss, np.float64)
+    return loss, [loss] + grads, [loss_b] + bounds
+
+
+def check_linear(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> list[Finding]:
+    found: list[Finding] = []
+    found += accept_raise_agreement(entry, outs)
+    oks = [o for o in outs if o.status == "ok"]
+    if spec.get("bad") or spec["kind"] == "odd" or spec["chunk"] in ("0", "-1", "2.0", "True", "'4'"):
+        for o in oks:
+            what = spec.get("bad") or ("targets " + spec["kind"] if spec["kind"] == "odd" else f"chunk_size={spec['chunk']}")
+            found.append(Finding(entry.name, "accepted-bad-input", f"accepted {what}", o.variant))
+        return found
+    for o in oks:
+        for m in o.memory:
+            found.append(Finding(entry.name, "memory", m, o.variant))
+        if o.result.types:
+            found.append(Finding(entry.name, "result-types", o.result.types, o.variant))
+        args = {n: as_plain(v) for n, v in (o.args or {}).items()}
+        if type(args["input"]).__module__.startswith("torch"):
+            args["input"], args["linear_weight"] = args["input"].numpy(), args["linear_weight"].numpy()
+        _, ref, bounds = linear_reference(args)
+        eps = float(np.finfo(np.dtype(spec["dtype"])).eps)
+        rtol = 64 * eps * (spec["d"] + np.log2(spec["k"] + 1) + 2)
+        names = ("loss", "d_input", "d_linear_weight", "d_linear_bias")
+        for a, e, bnd, name in zip(o.result, ref, bounds, names):
+            if a is None:
+                continue
+            if name == "d_linear_bias" and args.get("linear_bias") is None:
+                continue
+            why = _compare(a, e, rtol * (np.abs(np.nan_to_num(e)) + bnd), np.zeros(np.shape(e), bool), np.dtype(spec["dtype"]))
+            if why:
+                found.append(Finding(entry.name, "reference", f"{name}: {why}", o.variant))
+    return found + check_agreement(entry, oks)
+
+
+# ---------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------
 
@@ -1880,6 +2088,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                    traced_error_ok=jax_traced_error_ok),
         EntryPoint("config", config_specs(), build_config, check_config, ("n", "name", "logits", "targets"),
                    capture=capture_loss, variants=lambda spec: ["given"], share=0.3),
+        EntryPoint("linear", linear_specs(), build_linear, check_linear, LINEAR_ARGS, capture=capture_linear,
+                   variants=backend_variants),
     ]
 }
 

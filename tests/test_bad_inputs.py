@@ -27,6 +27,9 @@ X = _RNG.standard_normal((N, K)).astype(np.float32)
 Y = np.array([0, 1, 2, 3])
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F8 = np.dtype(ml_dtypes.float8_e4m3fn)
+lce = fx.linear_cross_entropy
+H = _RNG.standard_normal((N, 3)).astype(np.float32)  # linear_cross_entropy's input: D = 3
+WL = _RNG.standard_normal((K, 3)).astype(np.float32)  # its linear_weight: K = 5 classes
 
 
 def x() -> np.ndarray:
@@ -383,6 +386,59 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
         ValueError,
         r"^ignore_index: is only supported with integer class-index targets",
     ),
+    # fx.linear_cross_entropy: h (4, 3) input, W (5, 3) linear_weight
+    "linear-input-int": (lambda b: lce(H.astype(int), WL, Y, backend=b), TypeError, r"^input: expected float32 or float64"),
+    "linear-input-0d": (lambda b: lce(np.float32(1), WL, Y, backend=b), ValueError, r"^input: expected at least 1 dimension"),
+    "linear-weight-dtype": (
+        lambda b: lce(H, WL.astype(np.float64), Y, backend=b),
+        TypeError,
+        r"^linear_weight: dtype float64 does not match input's dtype float32",
+    ),
+    "linear-weight-int": (lambda b: lce(H, WL.astype(int), Y, backend=b), TypeError, r"^linear_weight: expected float32 or float64"),
+    "linear-weight-d": (
+        lambda b: lce(H, np.zeros((K, 4), np.float32), Y, backend=b),
+        ValueError,
+        r"^linear_weight: expected shape \(K, 3\) \(K classes, D = input.shape\[-1\]\), got \(5, 4\)",
+    ),
+    "linear-weight-1d": (lambda b: lce(H, WL[0], Y, backend=b), ValueError, r"^linear_weight: expected shape \(K, 3\)"),
+    "linear-weight-k0": (lambda b: lce(H, WL[:0], Y, backend=b), ValueError, r"^linear_weight: has 0 rows"),
+    "linear-bias-shape": (
+        lambda b: lce(H, WL, Y, linear_bias=np.zeros(4, np.float32), backend=b),
+        ValueError,
+        r"^linear_bias: expected shape \(5,\)",
+    ),
+    "linear-bias-dtype": (
+        lambda b: lce(H, WL, Y, linear_bias=np.zeros(K), backend=b), TypeError, r"^linear_bias: dtype float64 does not match"
+    ),
+    "linear-targets-shape": (
+        lambda b: lce(H, WL, Y[:3], backend=b), ValueError, r"^targets: integer class indices must have shape \(4,\)"
+    ),
+    "linear-targets-dense-shape": (
+        lambda b: lce(H, WL, np.zeros((N, 4), np.float32), backend=b),
+        ValueError,
+        r"^targets: dense .* shape \(4, 5\) \(input's leading shape \+ \(K,\)\), got \(4, 4\)",
+    ),
+    "linear-targets-label-too-big": (
+        lambda b: lce(H, WL, np.array([0, 1, 2, 5]), backend=b), IndexError, r"^targets: class index 5 is out of range for 5"
+    ),
+    "linear-sparse-rows": (
+        lambda b: lce(H, WL, fx.SparseTargets([0, 1, 1], [0]), backend=b), ValueError, r"^targets: SparseTargets has 2 rows"
+    ),
+    "linear-chunk-size-zero": (
+        lambda b: lce(H, WL, Y, chunk_size=0, backend=b), ValueError, r"^chunk_size: expected a positive int"
+    ),
+    "linear-chunk-size-float": (
+        lambda b: lce(H, WL, Y, chunk_size=2.0, backend=b), TypeError, r"^chunk_size: expected a positive int or None"
+    ),
+    "linear-chunk-size-bool": (
+        lambda b: lce(H, WL, Y, chunk_size=True, backend=b), TypeError, r"^chunk_size: expected a positive int or None"
+    ),
+    "linear-weight-shape": (lambda b: lce(H, WL, Y, weight=np.ones(4), backend=b), ValueError, r"^weight: expected a real array of shape \(5,\)"),
+    "linear-reduction-bad": (lambda b: lce(H, WL, Y, reduction="avg", backend=b), ValueError, r"^reduction: expected one of"),
+    "linear-return-grad-not-bool": (
+        lambda b: lce(H, WL, Y, return_grad=1, backend=b), TypeError, r"^return_grad: expected True or False"
+    ),
+    "linear-backend-bad": (lambda b: lce(H, WL, Y, backend="gpu"), ValueError, r"^backend: expected None"),
 }
 
 
@@ -550,13 +606,17 @@ def _value_16bit_special_rows(b: str) -> None:
             lx = logits.astype(dtype)
             t = targets.astype(dtype) if isinstance(targets, np.ndarray) and targets.dtype.kind == "f" else targets
             loss, grad = f(lx, t, reduction="none", backend=b)
-            assert loss.dtype == np.float32 and grad is not None and grad.dtype == dtype
+            assert loss.dtype == np.float32
+            assert grad is not None
+            assert grad.dtype == dtype
             g = grad.astype(np.float64)
             keep = [i for i in range(N) if i != bad]
             if bad >= 0:
-                assert np.isnan(loss[bad]) and np.isnan(g[bad]).all()
+                assert np.isnan(loss[bad])
+                assert np.isnan(g[bad]).all()
             else:
-                assert g[1, 4] == 0.0 and np.isfinite(g).all()
+                assert g[1, 4] == 0.0
+                assert np.isfinite(g).all()
             dense_t = t.to_dense(K) if isinstance(t, fx.SparseTargets) else np.asarray(t)
             dense_t = dense_t if dense_t.dtype.kind in "iu" else dense_t.astype(np.float64)
             ref_loss, ref_grad = cross_entropy(lx[keep].astype(np.float64), dense_t[keep], reduction="none")
@@ -572,12 +632,14 @@ def _value_float16_gradient_overflow(b: str) -> None:
     a = np.zeros((N, K), np.float16)  # softmax 1/5: gradient at the target -0.8e6, elsewhere 0.2e6
     loss, grad = f(a, Y, weight=w, reduction="sum", backend=b)
     assert grad is not None
-    assert np.isfinite(loss) and np.asarray(loss).dtype == np.float32
+    assert np.isfinite(loss)
+    assert np.asarray(loss).dtype == np.float32
     assert np.all(grad[np.arange(N), Y] == -np.inf)
     other = grad.astype(np.float64)[np.arange(K)[None, :] != Y[:, None]]
     assert np.all(other == np.inf)  # 2e5 > 65504 too
     loss, grad = f(a, Y, weight=w / 20, reduction="sum", backend=b)  # 0.8e6/20 = 40000: finite
-    assert grad is not None and np.isfinite(grad.astype(np.float32)).all()
+    assert grad is not None
+    assert np.isfinite(grad.astype(np.float32)).all()
 
 
 VALUES: dict[str, Callable[[str], None]] = {

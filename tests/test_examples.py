@@ -44,3 +44,13 @@ def test_torch_training_matches_torch_step_for_step() -> None:
         # it forward; the curves stay within ~1e-7 relative here, 1e-4 is the bar.
         assert abs(a - b) <= 1e-4 * abs(b), (step, a, b)
     assert ours[-1] < 0.9 * ours[0]  # and it is actually training
+
+
+def test_torch_linear_head_matches_the_unfused_curve() -> None:
+    out = _run("torch_linear_head.py")
+    rows = [tuple(map(float, line.split())) for line in out.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){3}", line)]
+    assert len(rows) >= 20, out
+    for step, ours, theirs, _ in rows:
+        # float32 training, chunked vs whole logits: ~1e-7 relative here, 1e-4 is the bar
+        assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, ours, theirs)
+    assert rows[-1][1] < 0.8 * rows[0][1]  # and it is actually training

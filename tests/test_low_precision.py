@@ -127,7 +127,8 @@ def test_against_float64_reference(engine: str, dtype: np.dtype, kind: str, opti
             **{key: v for key, v in opts.items() if key != "weight"},
         )
         check_loss(loss, want_loss, x, dense, reduction)
-        assert grad is not None and grad.dtype == dtype
+        assert grad is not None
+        assert grad.dtype == dtype
         # the terms that cancel: scale * (softmax * Q' + |q|) <= |g| + 2 scale |q|
         scale = 1.0 / n if reduction == "mean" and kind != "index" else 1.0
         if reduction == "mean" and kind == "index":
@@ -153,11 +154,14 @@ def test_conventions(engine: str, dtype: np.dtype, rng: np.random.Generator) -> 
     t[6] = -100
     loss, grad = fx.softmax_cross_entropy(x, t, reduction="none", backend=engine)
     assert grad is not None
-    assert loss.dtype == np.float32 and grad.dtype == dtype
+    assert loss.dtype == np.float32
+    assert grad.dtype == dtype
     g = grad.astype(np.float32)
     for i in (1, 2, 4):
-        assert np.isnan(loss[i]) and np.isnan(g[i]).all(), i
-    assert loss[6] == 0 and (g[6] == 0).all()
+        assert np.isnan(loss[i]), i
+        assert np.isnan(g[i]).all(), i
+    assert loss[6] == 0
+    assert (g[6] == 0).all()
     ok = [0, 3, 5, 7]
     assert np.isfinite(loss[ok]).all()
     assert (g[ok][:, ::5] == 0).all()
@@ -201,9 +205,11 @@ def test_out_and_inplace(backend: str, dtype: np.dtype, targets: str, rng: np.ra
     loss_i, grad_i = fx.softmax_cross_entropy(xi, t, inplace=True, backend=backend)
     assert grad_i is xi
     for g in (grad_o, grad_i):
-        assert g is not None and g.dtype == dtype
+        assert g is not None
+        assert g.dtype == dtype
         np.testing.assert_array_equal(g.view(np.uint16), grad.view(np.uint16))
-    assert loss == loss_o == loss_i and np.asarray(loss).dtype == np.float32
+    assert loss == loss_o == loss_i
+    assert np.asarray(loss).dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -237,13 +243,17 @@ def test_input_dtypes_for_16bit_logits(backend: str, dtype: np.dtype, rng: np.ra
     y = rng.dirichlet(np.ones(50), 9)
     loss32, grad32 = fx.softmax_cross_entropy(x, y.astype(np.float32), backend=backend)
     loss64, grad64 = fx.softmax_cross_entropy(x, y, backend=backend)  # float64 targets
-    assert loss32 == loss64 and grad32 is not None and grad64 is not None
+    assert loss32 == loss64
+    assert grad32 is not None
+    assert grad64 is not None
     np.testing.assert_array_equal(grad32.view(np.uint16), grad64.view(np.uint16))
     w = (rng.random(50) + 0.5).astype(dtype)
     t = rng.integers(0, 50, 9)
     la, ga = fx.softmax_cross_entropy(x, t, weight=w, backend=backend)
     lb, gb = fx.softmax_cross_entropy(x, t, weight=w.astype(np.float32), backend=backend)
-    assert la == lb and ga is not None and gb is not None
+    assert la == lb
+    assert ga is not None
+    assert gb is not None
     np.testing.assert_array_equal(ga.view(np.uint16), gb.view(np.uint16))
     for reduction in ("mean", "sum", "none"):
         loss, _ = fx.softmax_cross_entropy(x, t, reduction=reduction, return_grad=False, backend=backend)
@@ -260,7 +270,8 @@ def test_backends_agree(dtype: np.dtype, rng: np.random.Generator) -> None:
     t = rng.integers(0, 3000, 40)
     lc, gc = fx.softmax_cross_entropy(x, t, backend="cpp")
     ln, gn = fx.softmax_cross_entropy(x, t, backend="numpy")
-    assert gc is not None and gn is not None
+    assert gc is not None
+    assert gn is not None
     np.testing.assert_allclose(lc, ln, rtol=1e-6)
     assert ulp_distance(gc, gn).max() <= 1
 
@@ -337,7 +348,9 @@ def test_torch_parity_16bit(dtype_name: str, kind: str, reduction: str, shape: t
     (loss * weights.to(loss.dtype)).sum().backward()
     (ref_loss * weights).sum().backward()
     (torch_loss * weights.to(torch_loss.dtype)).sum().backward()
-    assert loss.dtype == x.dtype and xa.grad is not None and xa.grad.dtype == x.dtype
+    assert loss.dtype == x.dtype
+    assert xa.grad is not None
+    assert xa.grad.dtype == x.dtype
     np16 = BF16 if dtype_name == "bfloat16" else F16
 
     def as16(a: Any) -> np.ndarray:
@@ -370,11 +383,12 @@ def test_torch_parity_16bit(dtype_name: str, kind: str, reduction: str, shape: t
 def test_torch_16bit_without_a_copy(dtype_name: str) -> None:
     """A 16-bit tensor reaches the kernel as a view of its own memory, and the gradient
     tensor is a view of the kernel's output (no conversion on either side)."""
-    torch, x, t = _torch_setup(dtype_name, (8, 50), "index", seed=3)
+    _torch, x, t = _torch_setup(dtype_name, (8, 50), "index", seed=3)
     import fastxent.torch as fxt
 
     view = fxt._numpy(x)
-    assert view.ctypes.data == x.data_ptr() and view.dtype.itemsize == 2
+    assert view.ctypes.data == x.data_ptr()
+    assert view.dtype.itemsize == 2
     assert view.dtype == (BF16 if dtype_name == "bfloat16" else F16)
     loss, grad = fxt._loss_and_grad(x, t, None, -100, "mean", 0.0, True)
     back = fxt._numpy(grad)
@@ -382,4 +396,5 @@ def test_torch_16bit_without_a_copy(dtype_name: str) -> None:
     loss2, grad2 = fx.softmax_cross_entropy(view, t.numpy())
     assert grad2 is not None
     np.testing.assert_array_equal(back.view(np.uint16), grad2.view(np.uint16))
-    assert loss.dtype == x.dtype and float(loss) == float(np.float32(loss2).astype(view.dtype))
+    assert loss.dtype == x.dtype
+    assert float(loss) == float(np.float32(loss2).astype(view.dtype))

@@ -234,7 +234,8 @@ def test_half_precision_runs_the_kernel(dtype: torch.dtype, api_calls: list[int]
     x, t, opts = _problem((6, K), "index", "all", dtype)
     loss, grad = _loss_and_grad(cross_entropy, x, t, **opts)
     assert api_calls == [1]
-    assert loss.dtype == dtype and grad.dtype == dtype
+    assert loss.dtype == dtype
+    assert grad.dtype == dtype
 
 
 def test_bfloat16_without_ml_dtypes_falls_back_to_torch(api_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:

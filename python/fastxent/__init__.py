@@ -7,12 +7,14 @@
 from ._backend import backend_info, set_num_threads, set_simd
 from ._version import __version__
 from .api import log_softmax, logsumexp, softmax, softmax_cross_entropy
+from .linear import linear_cross_entropy
 from .sparse import SparseTargets
 
 __all__ = [
     "SparseTargets",
     "__version__",
     "backend_info",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "set_num_threads",
