@@ -72,11 +72,13 @@ std::string read_inputs(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Opt
   p.softcap = o.softcap;
   p.reduction = fastxent::Reduction::none;
   const ffi::DataType ty = targets.element_type();
-  if (ty == logits.element_type()) {
+  const bool f32_targets = fastxent::is_16bit_v<T> && ty == ffi::DataType::F32;  // 16-bit logits, float32 labels
+  if (ty == logits.element_type() || f32_targets) {
     if (!same_dims(targets.dimensions(), xd))
       return "labels: expected the logits' shape " + shape_string(xd) + ", got " + shape_string(targets.dimensions());
     p.target_kind = fastxent::TargetKind::dense;
-    p.dense_targets = static_cast<const T*>(targets.untyped_data());
+    if (f32_targets) p.dense_targets_f32 = static_cast<const float*>(targets.untyped_data());
+    else p.dense_targets = static_cast<const T*>(targets.untyped_data());
     p.targets_row_stride = k;
     return "";
   }
@@ -121,6 +123,13 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// The dtype of the per-row results and inputs (losses, statistics, cotangent):
+// float32 for 16-bit logits, the logits' own otherwise.
+ffi::DataType compute_type(ffi::AnyBuffer logits) {
+  const ffi::DataType t = logits.element_type();
+  return t == ffi::DataType::BF16 || t == ffi::DataType::F16 ? ffi::DataType::F32 : t;
+}
+
 ffi::Error invalid(const std::string& what) { return ffi::Error::InvalidArgument("fastxent: " + what); }
 
 // Forward: per-row losses and statistics (docs/spec.md#row-statistics); no N x K write.
@@ -130,11 +139,12 @@ ffi::Error loss_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Optio
   fastxent::Problem<T> p;
   if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
   const Dims xd = logits.dimensions();
-  if (row_loss.element_type() != logits.element_type() || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
-      stats.element_type() != logits.element_type() || !dims_are_rows_plus(xd, stats.dimensions(), fastxent::kRowStatsWidth))
+  using C = fastxent::compute_t<T>;
+  if (row_loss.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
+      stats.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, stats.dimensions(), fastxent::kRowStatsWidth))
     return invalid("internal: unexpected result shapes");
-  p.row_loss = static_cast<T*>(row_loss.untyped_data());
-  p.row_stats = static_cast<T*>(stats.untyped_data());
+  p.row_loss = static_cast<C*>(row_loss.untyped_data());
+  p.row_stats = static_cast<C*>(stats.untyped_data());
   fastxent::softmax_cross_entropy(p);
   return ffi::Error::Success();
 }
@@ -147,13 +157,14 @@ ffi::Error grad_from_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::A
   fastxent::Problem<T> p;
   if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
   const Dims xd = logits.dimensions();
-  if (stats.element_type() != logits.element_type() || !dims_are_rows_plus(xd, stats.dimensions(), fastxent::kRowStatsWidth) ||
-      cotangent.element_type() != logits.element_type() || !dims_are_rows_plus(xd, cotangent.dimensions(), 0) ||
+  using C = fastxent::compute_t<T>;
+  if (stats.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, stats.dimensions(), fastxent::kRowStatsWidth) ||
+      cotangent.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, cotangent.dimensions(), 0) ||
       grad.element_type() != logits.element_type() || !same_dims(grad.dimensions(), xd))
     return invalid("internal: unexpected statistics, cotangent or gradient shapes");
   advise_huge_pages(grad.untyped_data(), grad.size_bytes());
-  p.given_stats = static_cast<const T*>(stats.untyped_data());
-  p.row_grad_scale = static_cast<const T*>(cotangent.untyped_data());
+  p.given_stats = static_cast<const C*>(stats.untyped_data());
+  p.row_grad_scale = static_cast<const C*>(cotangent.untyped_data());
   p.grad = static_cast<T*>(grad.untyped_data());
   p.grad_row_stride = p.classes;
   fastxent::softmax_cross_entropy(p);
@@ -168,10 +179,10 @@ ffi::Error loss_and_grad(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Op
   fastxent::Problem<T> p;
   if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
   const Dims xd = logits.dimensions();
-  if (row_loss.element_type() != logits.element_type() || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
+  if (row_loss.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
       grad.element_type() != logits.element_type() || !same_dims(grad.dimensions(), xd))
     return invalid("internal: unexpected result shapes");
-  p.row_loss = static_cast<T*>(row_loss.untyped_data());
+  p.row_loss = static_cast<fastxent::compute_t<T>*>(row_loss.untyped_data());
   advise_huge_pages(grad.untyped_data(), grad.size_bytes());
   p.grad = static_cast<T*>(grad.untyped_data());
   p.grad_row_stride = p.classes;
@@ -179,13 +190,15 @@ ffi::Error loss_and_grad(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Op
   return ffi::Error::Success();
 }
 
-// Runs f<float> or f<double> by the logits' dtype.
+// Runs f<S> by the logits' storage dtype (the 16-bit types compute in float32).
 template <class F>
 ffi::Error by_dtype(ffi::AnyBuffer logits, F&& f) {
   switch (logits.element_type()) {
     case ffi::DataType::F32: return f(float{});
     case ffi::DataType::F64: return f(double{});
-    default: return invalid("logits: expected float32 or float64");
+    case ffi::DataType::BF16: return f(fastxent::bfloat16{});
+    case ffi::DataType::F16: return f(fastxent::float16{});
+    default: return invalid("logits: expected float32, float64, bfloat16 or float16");
   }
 }
 

@@ -309,3 +309,32 @@ def test_import_without_jax_and_registration_in_a_fresh_process() -> None:
         "assert 'jax' not in sys.modules; import fastxent.jax as f; assert f.FFI_AVAILABLE"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", list(PAIRS))
+def test_16_bit_logits(kind: str, dtype_name: str, path: str, rng: np.random.Generator) -> None:
+    # 16-bit logits in, computed in float32 (docs/spec.md#low-precision), loss and
+    # gradient out in the logits' dtype as optax returns them: each within one
+    # rounding to that dtype of optax's float32 result on the same 16-bit values.
+    ours, theirs = PAIRS[kind]
+    dtype = jnp.dtype(dtype_name)
+    eps = 2.0 ** (-8 if dtype_name == "bfloat16" else -11)  # half an ulp, relative
+    x = _logits((6, K), rng).astype(dtype)
+    y = _labels(kind, (6, K), rng)
+    y = y if kind == "integer" else y.astype(dtype)
+    x32, y32 = x.astype(jnp.float32), (y if kind == "integer" else y.astype(jnp.float32))
+    loss = ours(x, y)
+    assert loss.dtype == dtype
+    want = np.asarray(theirs(x32, y32), np.float64)
+    assert np.all(np.abs(np.asarray(loss, np.float64) - want) <= eps * np.abs(want) + 1e-6)
+    ct = jnp.asarray(rng.standard_normal(6), jnp.float32)
+    g = jax.jit(jax.grad(lambda a: jnp.vdot(ours(a, y).astype(jnp.float32), ct)))(x)
+    assert g.dtype == dtype
+    want_g = np.asarray(jax.grad(lambda a: jnp.vdot(theirs(a, y32), ct))(x32), np.float64)
+    got_g = np.asarray(g, np.float64)
+    # (two roundings: the cotangent reaches the loss in its 16-bit dtype, then the gradient)
+    assert np.all(np.abs(got_g - want_g) <= 2 * eps * np.abs(want_g) + 1e-6 * np.abs(want_g).max())
+    if path == "ffi":
+        assert "fastxent_grad_from_stats" in jax.jit(jax.grad(lambda a: ours(a, y).sum().astype(jnp.float32))).lower(
+            x).as_text()

@@ -36,7 +36,7 @@ from jax.interpreters import ad, batching, mlir
 _ad: Any = ad  # (untyped)
 
 from . import _backend, api
-from ._checks import FLOAT_DTYPES, normalize_axis
+from ._checks import FLOAT_DTYPES, compute_dtype, is_16bit, normalize_axis
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
@@ -95,12 +95,18 @@ def _host_grad(x: Any, y: Any, stats: Any, cotangent: Any) -> np.ndarray:
     )
 
 
+def _compute(dtype: Any) -> np.dtype:
+    """The kernels' compute dtype: float32 for 16-bit logits, else the logits' own."""
+    return compute_dtype(np.dtype(dtype))
+
+
 def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-row losses and row statistics; classes on the last axis of x."""
+    """Per-row losses and row statistics, in the compute dtype; classes on the last axis of x."""
     lead = x.shape[:-1]
+    c = _compute(x.dtype)
     result = (
-        jax.ShapeDtypeStruct(lead, x.dtype),  # type: ignore[no-untyped-call]
-        jax.ShapeDtypeStruct(lead + (_STATS_WIDTH,), x.dtype),  # type: ignore[no-untyped-call]
+        jax.ShapeDtypeStruct(lead, c),  # type: ignore[no-untyped-call]
+        jax.ShapeDtypeStruct(lead + (_STATS_WIDTH,), c),  # type: ignore[no-untyped-call]
     )
     # "broadcast_all": under vmap every argument arrives with the batch dimensions in
     # front, which the kernels take as more rows.
@@ -112,8 +118,9 @@ def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array) -> jax.Array:
-    """cotangent_i x d loss_i / d x_i, from the forward's statistics."""
+    """cotangent_i x d loss_i / d x_i, from the forward's statistics (x's dtype)."""
     result = jax.ShapeDtypeStruct(x.shape, x.dtype)  # type: ignore[no-untyped-call]
+    cotangent = cotangent.astype(_compute(x.dtype))
     if FFI_AVAILABLE:
         g: jax.Array = jax.ffi.ffi_call(_GRAD_FROM_STATS, result, vmap_method="broadcast_all")(
             x, y, stats, cotangent, **_ATTRS
@@ -131,9 +138,10 @@ _loss_tangent_p: Any = Primitive("fastxent_loss_tangent")  # (jax.extend is unty
 
 
 def _loss_tangent_impl(x: jax.Array, y: jax.Array, stats: jax.Array, dx: jax.Array) -> jax.Array:
-    # Forward mode: G from the kernel, then one reduction by XLA.
-    ones = jnp.ones(x.shape[:-1], x.dtype)
-    return jnp.sum(_grad(x, y, stats, ones) * dx, axis=-1)
+    # Forward mode: G from the kernel, then one reduction by XLA (in the compute dtype).
+    c = _compute(x.dtype)
+    ones = jnp.ones(x.shape[:-1], c)
+    return jnp.sum(_grad(x, y, stats, ones).astype(c) * dx.astype(c), axis=-1).astype(x.dtype)
 
 
 def _loss_tangent_abstract(x: Any, y: Any, stats: Any, dx: Any) -> Any:
@@ -179,7 +187,7 @@ batching.primitive_batchers[_loss_tangent_p] = _loss_tangent_batch
 @jax.custom_jvp
 def _xent(x: jax.Array, y: jax.Array) -> jax.Array:
     """Per-row losses; classes on the last axis of x; y dense (x's shape) or indices."""
-    return _loss_stats(x, y)[0]
+    return _loss_stats(x, y)[0].astype(x.dtype)  # (16-bit logits: a float32 loss rounded, as optax's dtype)
 
 
 def _is_zero(t: Any) -> bool:
@@ -190,6 +198,7 @@ def _xent_jvp(primals: Any, tangents: Any) -> tuple[jax.Array, jax.Array]:
     x, y = primals
     dx, dy = tangents
     loss, stats = _loss_stats(x, y)
+    loss = loss.astype(x.dtype)
     parts = []
     if not _is_zero(dx):
         parts.append(_loss_tangent_p.bind(x, y, stats, dx))
@@ -197,7 +206,7 @@ def _xent_jvp(primals: Any, tangents: Any) -> tuple[jax.Array, jax.Array]:
         # d loss / d y_j = -log_softmax(x)_j = lse - x_j (linear in dy; XLA computes it
         # only when the labels are differentiated).
         lse = stats[..., 0] + stats[..., 1]
-        parts.append(jnp.sum((lse[..., None] - x) * dy, axis=-1))
+        parts.append(jnp.sum((lse[..., None] - x) * dy, axis=-1).astype(x.dtype))
     if not parts:
         return loss, jnp.zeros_like(loss)
     return loss, sum(parts[1:], parts[0])
@@ -232,8 +241,8 @@ def _classes_last(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 def _prepare(logits: Any, labels: Any, axis: Any, where: Any, integer: bool) -> tuple[jax.Array, jax.Array, Any]:
     x = jnp.asarray(logits)
     y = jnp.asarray(labels)
-    if np.dtype(x.dtype) not in FLOAT_DTYPES:
-        raise TypeError(f"logits: expected float32 or float64, got dtype {x.dtype}")
+    if np.dtype(x.dtype) not in FLOAT_DTYPES and not is_16bit(np.dtype(x.dtype)):
+        raise TypeError(f"logits: expected float32, float64, bfloat16 or float16, got dtype {x.dtype}")
     axes = _class_axes(axis, x.ndim)
     lead_shape = tuple(s for d, s in enumerate(x.shape) if d not in axes)
     k = int(np.prod([x.shape[a] for a in axes]))
