@@ -1726,15 +1726,18 @@ def check_torch(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], pr
         rtol = reference.rtol_for(dt or np.float32, c, 64.0)
         if eps16 is not None:
             # Where PyTorch's own 16-bit arithmetic overflows (a loss beyond the dtype's
-            # range on the way, e.g. float16 logits of 1e4), fastxent's float32 result is
-            # judged against PyTorch's float32 result rounded to the dtype instead.
+            # range on the way, e.g. float16 logits of 1e4) and fastxent's float32-computed
+            # result does not, that result is judged against PyTorch's float32 result
+            # rounded to the dtype instead. (Where fastxent's is not finite either, e.g.
+            # a call it hands to F.cross_entropy, PyTorch's own stays the reference.)
             if not (np.all(np.isfinite(rloss)) and (rgrad is None or np.all(np.isfinite(rgrad)))):
                 wstatus, wref = torch_reference(spec, prog, widen=True)
                 if wstatus == "ok":
                     wl, wg = wref
-                    rloss = np.where(np.isfinite(rloss), rloss, wl)
-                    if rgrad is not None and wg is not None:
-                        rgrad = np.where(np.isfinite(rgrad), rgrad, wg)
+                    if loss is not None:
+                        rloss = np.where(np.isfinite(rloss) | ~np.isfinite(loss), rloss, wl)
+                    if rgrad is not None and wg is not None and grad is not None:
+                        rgrad = np.where(np.isfinite(rgrad) | ~np.isfinite(grad), rgrad, wg)
             # Both sides are 16-bit: PyTorch rounds log_softmax to the dtype before exp()
             # in its backward (a relative error up to |log p| eps on each softmax value;
             # p |log p| <= 1/e) and each side rounds its loss and gradient once or twice.
