@@ -171,25 +171,6 @@ ffi::Error grad_from_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::A
   return ffi::Error::Success();
 }
 
-// The fused call (loss and gradient of the loss sum in one sweep): the forward of
-// the other backward design, kept for the benchmark that compares the two.
-template <class T>
-ffi::Error loss_and_grad(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Options& o, ffi::AnyBuffer row_loss,
-                         ffi::AnyBuffer grad) {
-  fastxent::Problem<T> p;
-  if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
-  const Dims xd = logits.dimensions();
-  if (row_loss.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
-      grad.element_type() != logits.element_type() || !same_dims(grad.dimensions(), xd))
-    return invalid("internal: unexpected result shapes");
-  p.row_loss = static_cast<fastxent::compute_t<T>*>(row_loss.untyped_data());
-  advise_huge_pages(grad.untyped_data(), grad.size_bytes());
-  p.grad = static_cast<T*>(grad.untyped_data());
-  p.grad_row_stride = p.classes;
-  fastxent::softmax_cross_entropy(p);
-  return ffi::Error::Success();
-}
-
 // Runs f<S> by the logits' storage dtype (the 16-bit types compute in float32).
 template <class F>
 ffi::Error by_dtype(ffi::AnyBuffer logits, F&& f) {
@@ -216,13 +197,6 @@ ffi::Error GradImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffe
   return by_dtype(logits, [&](auto t) { return grad_from_stats<decltype(t)>(logits, targets, stats, cotangent, o, *grad); });
 }
 
-ffi::Error LossGradImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::Result<ffi::AnyBuffer> row_loss,
-                        ffi::Result<ffi::AnyBuffer> grad, int64_t ignore_index, double label_smoothing, double z_loss,
-                        double softcap) {
-  const Options o{ignore_index, label_smoothing, z_loss, softcap};
-  return by_dtype(logits, [&](auto t) { return loss_and_grad<decltype(t)>(logits, targets, o, *row_loss, *grad); });
-}
-
 }  // namespace
 
 #define FASTXENT_OPTION_ATTRS_                                                                    \
@@ -243,20 +217,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(fastxent_xla_grad_from_stats, GradImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() FASTXENT_OPTION_ATTRS_);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(fastxent_xla_loss_and_grad, LossGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() FASTXENT_OPTION_ATTRS_);
-
 namespace fastxent_xla {
 
 const std::vector<Target>& targets() {
   static const std::vector<Target> all = {
       {"fastxent_loss_stats", reinterpret_cast<void*>(&fastxent_xla_loss_stats)},
       {"fastxent_grad_from_stats", reinterpret_cast<void*>(&fastxent_xla_grad_from_stats)},
-      {"fastxent_loss_and_grad", reinterpret_cast<void*>(&fastxent_xla_loss_and_grad)},
   };
   return all;
 }

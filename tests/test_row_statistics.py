@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 import reference as ref
@@ -171,7 +172,7 @@ def test_mean_reduction_scale_applies_in_gradient_mode(engine: str) -> None:
 def test_gradient_from_statistics_in_16_bit(engine: str, kind: str, dtype_name: str) -> None:
     # 16-bit logits: statistics in float32, the gradient rounded once from float32 (a
     # T scratch row, entry corrections added before rounding), as the fused call does.
-    dtype = np.dtype(np.float16) if dtype_name == "float16" else np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    dtype = np.dtype(np.float16) if dtype_name == "float16" else np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(11)
     n, k = 9, 3000
     x = (rng.standard_normal((n, k)) * 3).astype(dtype)
