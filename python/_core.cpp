@@ -143,6 +143,8 @@ Problem<T> read_problem(const py::handle& rec, py::array& logits, py::array& row
     throw py::value_error("target_kind: internal: unknown target kind " + kind);
   }
   if (!is_none(rec, "weight")) p.weight = vector_data<C>(array_field(rec, "weight"), p.classes, "weight");
+  p.class_offset = field(rec, "class_offset").cast<int64_t>();
+  p.total_classes = field(rec, "total_classes").cast<int64_t>();
   p.ignore_index = field(rec, "ignore_index").cast<int64_t>();
   p.label_smoothing = field(rec, "label_smoothing").cast<double>();
   p.z_loss = field(rec, "z_loss").cast<double>();

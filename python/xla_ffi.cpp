@@ -52,11 +52,35 @@ bool dims_are_rows_plus(Dims logits, Dims d, int64_t extra) {
 struct Options {
   int64_t ignore_index;
   double label_smoothing, z_loss, softcap;
+  // Vocabulary shards (docs/spec.md#vocabulary-shards): 0 = not a shard. The shard's
+  // first global class comes as an operand (it is traced under shard_map).
+  int64_t total_classes;
 };
+
+// The shard's first global class: a scalar int32/int64 operand (under vmap the same
+// value repeated per batch element); an error message, or "".
+std::string read_class_offset(ffi::AnyBuffer offset, const Options& o, int64_t k, int64_t* out) {
+  const ffi::DataType t = offset.element_type();
+  const int64_t count = int64_t(offset.element_count());
+  if (count < 1 || (t != ffi::DataType::S32 && t != ffi::DataType::S64))
+    return "vocab_start: expected one int32/int64 value";
+  auto at = [&](int64_t i) {
+    return t == ffi::DataType::S32 ? int64_t(static_cast<const int32_t*>(offset.untyped_data())[i])
+                                   : static_cast<const int64_t*>(offset.untyped_data())[i];
+  };
+  *out = at(0);
+  for (int64_t i = 1; i < count; ++i)
+    if (at(i) != *out) return "vocab_start: expected one value for every row of the call";
+  if (o.total_classes == 0 ? *out != 0 : (*out < 0 || *out + k > o.total_classes))
+    return "vocab_start: " + std::to_string(*out) + " puts this shard's " + std::to_string(k) +
+           " classes outside the " + std::to_string(o.total_classes) + " classes";
+  return "";
+}
 
 // Fills the inputs of p from XLA's logits and targets; an error message, or "".
 template <class T>
-std::string read_inputs(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Options& o, fastxent::Problem<T>& p) {
+std::string read_inputs(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer class_offset, const Options& o,
+                        fastxent::Problem<T>& p) {
   const Dims xd = logits.dimensions();
   if (xd.size() < 1 || xd.back() < 1) return "logits: expected at least one dimension and one class, got shape " + shape_string(xd);
   const int64_t k = xd.back();
@@ -71,6 +95,9 @@ std::string read_inputs(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Opt
   p.z_loss = o.z_loss;
   p.softcap = o.softcap;
   p.reduction = fastxent::Reduction::none;
+  p.total_classes = o.total_classes;
+  if (std::string e = read_class_offset(class_offset, o, k, &p.class_offset); !e.empty()) return e;
+  const int64_t label_range = o.total_classes > 0 ? o.total_classes : k;  // labels are global in a shard
   const ffi::DataType ty = targets.element_type();
   const bool f32_targets = fastxent::is_16bit_v<T> && ty == ffi::DataType::F32;  // 16-bit logits, float32 labels
   if (ty == logits.element_type() || f32_targets) {
@@ -89,8 +116,9 @@ std::string read_inputs(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Opt
   // The kernels trust class indices: check them here, where they are concrete.
   auto check = [&](const auto* idx) -> std::string {
     for (int64_t i = 0; i < n; ++i)
-      if (idx[i] != o.ignore_index && (idx[i] < 0 || idx[i] >= k))
-        return "labels: class index " + std::to_string(int64_t(idx[i])) + " is out of range for " + std::to_string(k) + " classes";
+      if (idx[i] != o.ignore_index && (idx[i] < 0 || idx[i] >= label_range))
+        return "labels: class index " + std::to_string(int64_t(idx[i])) + " is out of range for " +
+               std::to_string(label_range) + " classes";
     return "";
   };
   if (ty == ffi::DataType::S32) {
@@ -134,10 +162,10 @@ ffi::Error invalid(const std::string& what) { return ffi::Error::InvalidArgument
 
 // Forward: per-row losses and statistics (docs/spec.md#row-statistics); no N x K write.
 template <class T>
-ffi::Error loss_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Options& o, ffi::AnyBuffer row_loss,
-                      ffi::AnyBuffer stats) {
+ffi::Error loss_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer class_offset, const Options& o,
+                      ffi::AnyBuffer row_loss, ffi::AnyBuffer stats) {
   fastxent::Problem<T> p;
-  if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
+  if (std::string e = read_inputs(logits, targets, class_offset, o, p); !e.empty()) return invalid(e);
   const Dims xd = logits.dimensions();
   using C = fastxent::compute_t<T>;
   if (row_loss.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, row_loss.dimensions(), 0) ||
@@ -152,10 +180,10 @@ ffi::Error loss_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, const Optio
 // Backward: cotangent_i x d loss_i / d logits, from the forward's statistics: one
 // read of the logits, one write.
 template <class T>
-ffi::Error grad_from_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer stats,
-                           ffi::AnyBuffer cotangent, const Options& o, ffi::AnyBuffer grad) {
+ffi::Error grad_from_stats(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer class_offset,
+                           ffi::AnyBuffer stats, ffi::AnyBuffer cotangent, const Options& o, ffi::AnyBuffer grad) {
   fastxent::Problem<T> p;
-  if (std::string e = read_inputs(logits, targets, o, p); !e.empty()) return invalid(e);
+  if (std::string e = read_inputs(logits, targets, class_offset, o, p); !e.empty()) return invalid(e);
   const Dims xd = logits.dimensions();
   using C = fastxent::compute_t<T>;
   if (stats.element_type() != compute_type(logits) || !dims_are_rows_plus(xd, stats.dimensions(), fastxent::kRowStatsWidth) ||
@@ -183,38 +211,45 @@ ffi::Error by_dtype(ffi::AnyBuffer logits, F&& f) {
   }
 }
 
-ffi::Error LossStatsImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::Result<ffi::AnyBuffer> row_loss,
-                         ffi::Result<ffi::AnyBuffer> stats, int64_t ignore_index, double label_smoothing, double z_loss,
-                         double softcap) {
-  const Options o{ignore_index, label_smoothing, z_loss, softcap};
-  return by_dtype(logits, [&](auto t) { return loss_stats<decltype(t)>(logits, targets, o, *row_loss, *stats); });
+ffi::Error LossStatsImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer class_offset,
+                         ffi::Result<ffi::AnyBuffer> row_loss, ffi::Result<ffi::AnyBuffer> stats, int64_t ignore_index,
+                         double label_smoothing, double z_loss, double softcap, int64_t total_classes) {
+  const Options o{ignore_index, label_smoothing, z_loss, softcap, total_classes};
+  return by_dtype(logits, [&](auto t) {
+    return loss_stats<decltype(t)>(logits, targets, class_offset, o, *row_loss, *stats);
+  });
 }
 
-ffi::Error GradImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer stats, ffi::AnyBuffer cotangent,
-                    ffi::Result<ffi::AnyBuffer> grad, int64_t ignore_index, double label_smoothing, double z_loss,
-                    double softcap) {
-  const Options o{ignore_index, label_smoothing, z_loss, softcap};
-  return by_dtype(logits, [&](auto t) { return grad_from_stats<decltype(t)>(logits, targets, stats, cotangent, o, *grad); });
+ffi::Error GradImpl(ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::AnyBuffer class_offset, ffi::AnyBuffer stats,
+                    ffi::AnyBuffer cotangent, ffi::Result<ffi::AnyBuffer> grad, int64_t ignore_index,
+                    double label_smoothing, double z_loss, double softcap, int64_t total_classes) {
+  const Options o{ignore_index, label_smoothing, z_loss, softcap, total_classes};
+  return by_dtype(logits, [&](auto t) {
+    return grad_from_stats<decltype(t)>(logits, targets, class_offset, stats, cotangent, o, *grad);
+  });
 }
 
 }  // namespace
 
 #define FASTXENT_OPTION_ATTRS_                                                                    \
-  .Attr<int64_t>("ignore_index").Attr<double>("label_smoothing").Attr<double>("z_loss").Attr<double>("softcap")
+  .Attr<int64_t>("ignore_index").Attr<double>("label_smoothing").Attr<double>("z_loss").Attr<double>("softcap") \
+  .Attr<int64_t>("total_classes")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fastxent_xla_loss_stats, LossStatsImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // logits
+                                  .Arg<ffi::AnyBuffer>()  // labels
+                                  .Arg<ffi::AnyBuffer>()  // class_offset (vocab_start)
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() FASTXENT_OPTION_ATTRS_);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fastxent_xla_grad_from_stats, GradImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()  // logits
+                                  .Arg<ffi::AnyBuffer>()  // labels
+                                  .Arg<ffi::AnyBuffer>()  // class_offset (vocab_start)
+                                  .Arg<ffi::AnyBuffer>()  // statistics
+                                  .Arg<ffi::AnyBuffer>()  // cotangent
                                   .Ret<ffi::AnyBuffer>() FASTXENT_OPTION_ATTRS_);
 
 namespace fastxent_xla {

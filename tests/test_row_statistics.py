@@ -129,9 +129,12 @@ def test_statistics_of_special_rows(engine: str) -> None:
     x = np.array([[0.0, np.nan, 1.0], [np.inf, 0.0, 1.0], [-np.inf] * 3, [1.0, 2.0, 3.0]], np.float32)
     t = np.array([0, 1, 2, -100])
     p = _run(engine, x, t, {}, row_stats=True)
-    for i in range(3):  # no softmax: M = 0, the rest NaN
+    for i in range(2):  # no softmax: M = 0, the rest NaN
         assert p.row_stats[i, 0] == 0, p.row_stats[i]
         assert np.all(np.isnan(p.row_stats[i, 1:])), p.row_stats[i]
+    # All -inf (a vocabulary shard's empty part): M = log S = -inf, the target terms
+    # kept (D relative to 0: the target's -inf logit)
+    np.testing.assert_array_equal(p.row_stats[2], [-np.inf, -np.inf, 1.0, -np.inf])
     assert np.all(p.row_stats[3] == 0)  # ignored
     g = _run(engine, x, t, {}, given=p.row_stats)
     assert np.all(np.isnan(g.grad[:3]))

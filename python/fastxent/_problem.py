@@ -15,6 +15,7 @@ import numpy as np
 from ._checks import (
     FLOAT_DTYPES,
     LossOptions,
+    check_int,
     as_array,
     as_writable_array,
     builtin_dtype,
@@ -40,6 +41,7 @@ class LossProblem:
 
     __slots__ = (
         "class_index",
+        "class_offset",
         "dense_targets",
         "given_stats",
         "grad",
@@ -57,6 +59,7 @@ class LossProblem:
         "sparse_indptr",
         "sparse_values",
         "target_kind",
+        "total_classes",
         "weight",
         "z_loss",
     )
@@ -99,6 +102,11 @@ class LossProblem:
         self.row_grad_scale: np.ndarray | None = None  # (N,) logits' dtype: per-row gradient multiplier
         self.row_stats: np.ndarray | None = None  # written when set: (N, 4) [M, log S, Q, D]
         self.given_stats: np.ndarray | None = None  # read when set: gradient only, from these (N, 4)
+        # docs/spec.md#vocabulary-shards: these K classes are the global classes
+        # [class_offset, class_offset + K) of total_classes (0: not a shard); index
+        # targets then hold global classes
+        self.class_offset = 0
+        self.total_classes = 0
         # Python only: the gradient as returned (logits' layout), the loss's shape for "none"
         self.grad_result = grad_result
         self.lead_shape = lead_shape
@@ -222,8 +230,10 @@ def _index_out_of_range(bad: int, k: int, opts: LossOptions) -> IndexError:
     )
 
 
-def _index_targets(t: np.ndarray, x: np.ndarray, ax: int, lead_shape: tuple[int, ...], opts: LossOptions) -> _Targets:
-    k = x.shape[ax]
+def _index_targets(
+    t: np.ndarray, x: np.ndarray, ax: int, lead_shape: tuple[int, ...], opts: LossOptions, label_classes: int
+) -> _Targets:
+    k = label_classes  # the logits' classes, or all of them for a vocabulary shard's global labels
     if t.shape != lead_shape:
         hint = " (multi-hot targets of the logits' shape must be float or bool)" if t.shape == x.shape else ""
         raise ValueError(
@@ -263,12 +273,14 @@ def _dense_targets(t: np.ndarray, x: np.ndarray, ax: int, lead_shape: tuple[int,
     return _Targets("dense", dense=rows_view(builtin_dtype(y), ax), caller_arrays=(t,))
 
 
-def _targets(targets: Any, x: np.ndarray, ax: int, lead_shape: tuple[int, ...], opts: LossOptions) -> _Targets:
+def _targets(
+    targets: Any, x: np.ndarray, ax: int, lead_shape: tuple[int, ...], opts: LossOptions, label_classes: int
+) -> _Targets:
     if isinstance(targets, SparseTargets) or is_scipy_sparse(targets):
         return _sparse_targets(targets, int(np.prod(lead_shape)), x.shape[ax], x.dtype, opts)
     t = as_array(targets, "targets")
     if t.dtype.kind in "iu":
-        return _index_targets(t, x, ax, lead_shape, opts)
+        return _index_targets(t, x, ax, lead_shape, opts, label_classes)
     if t.dtype.kind in "fb" or is_float_like(t.dtype):
         return _dense_targets(t, x, ax, lead_shape, opts)
     raise TypeError(
@@ -291,16 +303,34 @@ def prepare_loss(
     return_grad: Any,
     out: Any,
     inplace: Any,
+    vocab_shard: tuple[Any, Any] | None = None,
 ) -> LossProblem:
-    """Checks every argument of softmax_cross_entropy and builds the record."""
+    """Checks every argument of softmax_cross_entropy and builds the record.
+    vocab_shard: (vocab_start, num_classes) when the logits are a vocabulary shard
+    (docs/spec.md#vocabulary-shards)."""
     args = (logits, targets, axis, reduction, weight, ignore_index, label_smoothing, z_loss, softcap, return_grad, out,
             inplace)
+    if vocab_shard is not None:
+        return _general_problem(*args, vocab_shard=vocab_shard)
     return _fast_problem(*args) or _general_problem(*args)
+
+
+def _check_vocab_shard(vocab_shard: tuple[Any, Any], k: int) -> tuple[int, int]:
+    """(vocab_start, num_classes) of a shard of k classes, checked."""
+    start, total = check_int(vocab_shard[0], "vocab_start"), check_int(vocab_shard[1], "num_classes")
+    if total < 1:
+        raise ValueError(f"num_classes: expected the number of classes of the whole vocabulary (>= 1), got {total}")
+    if start < 0 or start + k > total:
+        raise ValueError(
+            f"vocab_start: this shard's {k} classes from {start} must lie within the {total} classes "
+            f"(expected 0 <= vocab_start <= {total - k})"
+        )
+    return start, total
 
 
 def _general_problem(
     logits: Any, targets: Any, axis: Any, reduction: Any, weight: Any, ignore_index: Any, label_smoothing: Any,
-    z_loss: Any, softcap: Any, return_grad: Any, out: Any, inplace: Any,
+    z_loss: Any, softcap: Any, return_grad: Any, out: Any, inplace: Any, vocab_shard: tuple[Any, Any] | None = None,
 ) -> LossProblem:
     """Every check, for any argument: what _fast_problem skips when it can."""
     return_grad = check_bool(return_grad, "return_grad")
@@ -323,8 +353,9 @@ def _general_problem(
     opts = check_options(x.dtype, reduction, ignore_index, label_smoothing, z_loss, softcap)
 
     lead_shape = x.shape[:ax] + x.shape[ax + 1 :]
+    class_offset, total_classes = _check_vocab_shard(vocab_shard, k) if vocab_shard is not None else (0, 0)
     w, caller_weight = _weight(weight, k, x.dtype)
-    t = _targets(targets, x, ax, lead_shape, opts)
+    t = _targets(targets, x, ax, lead_shape, opts, total_classes or k)
     # Everything the kernels read besides logits, as converted and as passed: the
     # gradient must land on none of it.
     reads = [a for a in (t.dense, t.class_index, t.indptr, t.indices, t.values, w) if a is not None]
@@ -360,12 +391,14 @@ def _general_problem(
                 "use inplace=True to write the gradient into logits",
             )
             grad, grad_result = writable_rows_view(builtin_dtype(o), ax, "out"), out if isinstance(out, np.ndarray) else o
-    return LossProblem(
+    p = LossProblem(
         logits=rows, target_kind=t.kind, dense_targets=t.dense, class_index=t.class_index, sparse_indptr=t.indptr,
         sparse_indices=t.indices, sparse_values=t.values, weight=w, options=opts,
         row_loss=np.empty(rows.shape[0], dtype=compute_dtype(x.dtype)), grad=grad, grad_result=grad_result,
         lead_shape=lead_shape,
     )
+    p.class_offset, p.total_classes = class_offset, total_classes
+    return p
 
 
 __all__ = ["FLOAT_DTYPES", "LossProblem", "prepare_loss"]

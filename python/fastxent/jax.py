@@ -47,7 +47,9 @@ _ATTRS = {
     "label_smoothing": np.float64(0.0),
     "z_loss": np.float64(0.0),
     "softcap": np.float64(0.0),
+    "total_classes": np.int64(0),  # not a vocabulary shard
 }
+_NO_OFFSET = np.int32(0)  # the class_offset operand: a shard's first global class
 _LOSS_STATS = "fastxent_loss_stats"
 _GRAD_FROM_STATS = "fastxent_grad_from_stats"
 _STATS_WIDTH = 4  # [M, log S, Q, D] per row
@@ -111,7 +113,9 @@ def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     # "broadcast_all": under vmap every argument arrives with the batch dimensions in
     # front, which the kernels take as more rows.
     if FFI_AVAILABLE:
-        loss, stats = jax.ffi.ffi_call(_LOSS_STATS, result, vmap_method="broadcast_all")(x, y, **_ATTRS)
+        loss, stats = jax.ffi.ffi_call(_LOSS_STATS, result, vmap_method="broadcast_all")(
+            x, y, _NO_OFFSET, **_ATTRS
+        )
     else:
         loss, stats = jax.pure_callback(_host_loss_stats, result, x, y, vmap_method="broadcast_all")
     return loss, stats
@@ -123,7 +127,7 @@ def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array) ->
     cotangent = cotangent.astype(_compute(x.dtype))
     if FFI_AVAILABLE:
         g: jax.Array = jax.ffi.ffi_call(_GRAD_FROM_STATS, result, vmap_method="broadcast_all")(
-            x, y, stats, cotangent, **_ATTRS
+            x, y, _NO_OFFSET, stats, cotangent, **_ATTRS
         )
     else:
         g = jax.pure_callback(_host_grad, result, x, y, stats, cotangent, vmap_method="broadcast_all")

@@ -151,7 +151,7 @@ def _check_targets(targets: Any, lead_shape: tuple[int, ...], k: int, dtype: np.
     logits_like = np.broadcast_to(np.zeros((), dtype), full_shape)
     ax = len(lead_shape)
     if arr.dtype.kind in "iu":
-        t = _index_targets(arr, logits_like, ax, lead_shape, opts)
+        t = _index_targets(arr, logits_like, ax, lead_shape, opts, k)
         assert t.class_index is not None
         return ChunkTargets("index", class_index=t.class_index)
     if arr.dtype.kind in "fb":

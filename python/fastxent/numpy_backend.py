@@ -18,16 +18,16 @@ def effective_targets(p: LossProblem) -> np.ndarray:
     n, k = p.logits.shape
     dtype = compute_dtype(p.logits.dtype)
     a = dtype.type(1 - p.label_smoothing)
-    b = dtype.type(p.label_smoothing / k)
+    b = dtype.type(p.label_smoothing / (p.total_classes or k))
     if p.target_kind == "dense":
         assert p.dense_targets is not None
         q: np.ndarray = p.dense_targets.astype(dtype, copy=False) * a + b
     else:
         q = np.full((n, k), b, dtype=dtype)
         if p.target_kind == "index":
-            idx = p.class_index
-            assert idx is not None
-            rows = np.flatnonzero(idx != p.ignore_index)
+            assert p.class_index is not None
+            idx = p.class_index - p.class_offset  # a vocabulary shard's own classes
+            rows = np.flatnonzero(_in_shard(p))
             q[rows, idx[rows]] += a
         else:
             indptr, indices = p.sparse_indptr, p.sparse_indices
@@ -39,6 +39,14 @@ def effective_targets(p: LossProblem) -> np.ndarray:
     if p.weight is not None:
         q = q * p.weight
     return q
+
+
+def _in_shard(p: LossProblem) -> np.ndarray:
+    """Index targets: the rows not ignored whose (global) class is one of these K columns."""
+    assert p.class_index is not None
+    local = p.class_index - p.class_offset
+    keep: np.ndarray = (p.class_index != p.ignore_index) & (local >= 0) & (local < p.logits.shape[1])
+    return keep
 
 
 def ignored_rows(p: LossProblem) -> np.ndarray:
@@ -54,7 +62,7 @@ def mean_denominator(p: LossProblem) -> float:
     if p.target_kind != "index":
         return float(p.logits.shape[0])
     assert p.class_index is not None
-    keep = p.class_index[p.class_index != p.ignore_index]
+    keep = p.class_index[_in_shard(p)] - p.class_offset
     if p.weight is None:
         return float(keep.shape[0])
     return float(np.sum(p.weight[keep], dtype=np.float64))
@@ -126,6 +134,8 @@ def softmax_cross_entropy(p: LossProblem) -> float:
         d = qt.sum(axis=1, dtype=np.float64)
         row = q_sum * log_s - d + p.z_loss * lse * lse
         no_mass = ~np.isfinite(q_sum.astype(dtype))  # a +-inf/NaN target, or a sum beyond the dtype
+        # all -inf (np.max gives NaN for a NaN): a vocabulary shard's empty part
+        empty = (m[:, 0] == -np.inf) & ~no_mass
         no_softmax |= no_mass | np.isnan(s)
         row[no_softmax] = np.nan
         row[ignored] = 0
@@ -136,7 +146,8 @@ def softmax_cross_entropy(p: LossProblem) -> float:
             p.grad[...] = _gradient(p, e, coef, q, row_scale, th, ignored)
         if p.row_stats is not None:
             stats = np.stack([shift[:, 0].astype(np.float64), log_s, q_sum, d], axis=1)
-            stats[no_softmax] = [0, np.nan, np.nan, np.nan]
+            stats[no_softmax & ~empty] = [0, np.nan, np.nan, np.nan]
+            stats[empty, :2] = -np.inf  # [-inf, -inf, Q, D], D relative to 0
             stats[ignored] = 0
             p.row_stats[...] = stats
         p.row_loss[...] = row

@@ -48,8 +48,15 @@ from torch import Tensor
 from . import api
 from ._checks import check_reduction, is_bfloat16
 from ._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy
+from ._torch_vocab_parallel import vocab_parallel_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
+__all__ = [
+    "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
+    "cross_entropy",
+    "linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _BFLOAT16: list[np.dtype | None] = []  # ml_dtypes' bfloat16, looked up on first use

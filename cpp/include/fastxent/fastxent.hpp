@@ -134,6 +134,16 @@ struct Problem {
   const int64_t* sparse_indices = nullptr;
   const compute_t<T>* sparse_values = nullptr;
 
+  // Vocabulary shards (docs/spec.md#vocabulary-shards): the K classes here are the
+  // global classes [class_offset, class_offset + K) of total_classes in all.
+  // Index targets then hold global classes, trusted to be in [0, total_classes) or
+  // equal to ignore_index; a row whose class lies in another shard has no entry
+  // target here (its label-smoothing part still counts). total_classes is the K of
+  // label_smoothing's eps / K; 0 means `classes` (no shard). Dense and sparse
+  // targets, weight and the outputs are the shard's own (K columns).
+  int64_t class_offset = 0;
+  int64_t total_classes = 0;
+
   // Options. weight: K contiguous per-class weights, or nullptr.
   const compute_t<T>* weight = nullptr;
   int64_t ignore_index = -100;  // index targets only
@@ -159,8 +169,9 @@ struct Problem {
   //   [M, log S, Q, D] with M the row max of x~, S = sum_j exp(x~_j - M),
   //   Q = sum_j q_j and D = sum_j q_j (x~_j - M), so that
   //   loss = Q log S - D + z_loss (M + log S)^2.
-  // A row with no softmax (NaN, +inf or all -inf logits) has M = 0, log S = NaN;
-  // an ignored row all zeros.
+  // A row with a NaN or +inf logit (or no finite target mass) has [0, NaN, NaN, NaN];
+  // a row whose logits are all -inf (an empty part of a vocabulary shard) has
+  // [-inf, -inf, Q, D] with D taken relative to 0; an ignored row all zeros.
   // row_stats: when non-null, written for every row beside row_loss (N x 4, contiguous).
   compute_t<T>* row_stats = nullptr;
   // given_stats: when non-null, the call computes the gradient only (grad must be
@@ -178,7 +189,8 @@ constexpr int64_t kRowStatsWidth = 4;
 // Computes row losses and (optionally) the gradient of the reduced loss.
 // Returns the reduced loss ("sum" or "mean"; for "none" the sum, unused).
 // For mean: dense targets divide by N; index targets by the sum of the weights of
-// the non-ignored rows' classes (their count without weights), as PyTorch does.
+// the non-ignored rows' classes (their count without weights), as PyTorch does
+// (in a vocabulary shard: of the rows whose class lies in the shard).
 template <class T>
 double softmax_cross_entropy(const Problem<T>& problem);
 

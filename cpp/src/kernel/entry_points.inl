@@ -24,7 +24,8 @@ void dispatch_options(const Params<S>& pr, const Entries& entries, compute_t<S>*
 template <class S>
 double run_loss(const Problem<S>& p) {
   using T = compute_t<S>;
-  Params<S> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(p.classes)),
+  const int64_t smoothing_classes = p.total_classes > 0 ? p.total_classes : p.classes;
+  Params<S> pr{&p, T(1 - p.label_smoothing), T(p.label_smoothing / double(smoothing_classes)),
                T(p.softcap), 1.0};
 
   // The mean's denominator, known before any gradient is written.
@@ -32,8 +33,9 @@ double run_loss(const Problem<S>& p) {
   auto index_denominator = [&](auto* idx) {
     double total = 0;
     for (int64_t i = 0; i < p.rows; ++i) {
-      const int64_t c = idx[i * p.index_stride];
-      if (c != p.ignore_index) total += p.weight ? double(p.weight[c]) : 1.0;
+      const int64_t c = idx[i * p.index_stride], local = c - p.class_offset;
+      if (c != p.ignore_index && uint64_t(local) < uint64_t(p.classes))
+        total += p.weight ? double(p.weight[local]) : 1.0;
     }
     return total;
   };

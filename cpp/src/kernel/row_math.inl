@@ -256,18 +256,21 @@ struct RowKernel {
       m = std::max(m, st[b].max);
       nan |= std::isnan(st[b].s);
     }
+    // D's reference: M, or 0 for a row of all -inf (a vocabulary shard's empty part,
+    // whose statistics still carry its target terms).
+    const double ref = m == -kInf ? 0.0 : m;
     double s = 0, q = 0, d = 0;
-    if (!nan && m != -kInf) {
+    if (!nan) {
       for (int64_t b = 0; b < nb; ++b) {
         if (st[b].s != 0) s += st[b].s * std::exp(st[b].ref - m);
         q += st[b].q;
-        d += st[b].d + st[b].q * (st[b].ref - m);
+        d += st[b].d + st[b].q * (st[b].ref - ref);
       }
     }
     entries.for_each(i, [&](int64_t j, double qj) {
       if (qj == 0) return;
       q += qj;
-      d += qj * (double(capped_one(widen(x_row(i)[j]))) - m);
+      d += qj * (double(capped_one(widen(x_row(i)[j]))) - ref);
     });
     r.q = q;
     r.d = d;
@@ -277,10 +280,13 @@ struct RowKernel {
     if (nan || m == -kInf || !(s > 0) || !std::isfinite(T(q))) {
       r.loss = kNaN;
       r.coef = kNaN;
-      r.shift = 0;
       r.lse = kNaN;
-      r.log_s = kNaN;
-      r.q = r.d = kNaN;  // the statistics of a NaN row: M = 0, the rest NaN
+      // Statistics: a row of only -inf logits is [-inf, -inf, Q, D] (a shard that
+      // adds nothing to S but its target terms); any other such row M = 0, the rest NaN.
+      const bool empty = !nan && m == -kInf && std::isfinite(T(q));
+      r.shift = empty ? -kInf : 0;
+      r.log_s = empty ? -kInf : kNaN;
+      if (!empty) r.q = r.d = kNaN;
       return r;
     }
     const double log_s = std::log(s);

@@ -20,7 +20,9 @@ struct IndexEntries {
   int64_t stride;
   bool ignored(int64_t i) const { return int64_t(idx[i * stride]) == pr.p->ignore_index; }
   template <class F> void for_each(int64_t i, F&& f) const {
-    const int64_t c = idx[i * stride];
+    // A global class (vocabulary shards): only the shard holding it has the entry.
+    const int64_t c = int64_t(idx[i * stride]) - pr.p->class_offset;
+    if (uint64_t(c) >= uint64_t(pr.p->classes)) return;
     const double w = pr.p->weight ? double(pr.p->weight[c]) : 1.0;
     f(c, double(pr.a) * w);
   }
