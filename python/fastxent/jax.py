@@ -24,6 +24,7 @@ Importing this module imports jax; ``import fastxent`` alone does not.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any
 
 import jax
@@ -35,10 +36,15 @@ from jax.interpreters import ad, batching, mlir
 
 _ad: Any = ad  # (untyped)
 
-from . import _backend, api
+from . import _backend, api, vocab_shards
 from ._checks import FLOAT_DTYPES, compute_dtype, is_16bit, normalize_axis
 
-__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
+__all__ = [
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+    "vocab_parallel_softmax_cross_entropy",
+    "vocab_parallel_softmax_cross_entropy_with_integer_labels",
+]
 
 # No class index can equal it (labels are int32/int64): the kernels check every label.
 _NO_IGNORE = np.int64(np.iinfo(np.int64).min)
@@ -47,7 +53,6 @@ _ATTRS = {
     "label_smoothing": np.float64(0.0),
     "z_loss": np.float64(0.0),
     "softcap": np.float64(0.0),
-    "total_classes": np.int64(0),  # not a vocabulary shard
 }
 _NO_OFFSET = np.int32(0)  # the class_offset operand: a shard's first global class
 _LOSS_STATS = "fastxent_loss_stats"
@@ -83,14 +88,23 @@ FFI_AVAILABLE = _register_ffi_targets()
 # ---- the two kernel calls, through XLA FFI or (fallback) a host callback ----------
 
 
-def _host_loss_stats(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+def _host_loss_stats(total_classes: int, x: Any, y: Any, offset: Any) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
+    if total_classes:  # a vocabulary shard (the loss is combined by the caller)
+        stats = vocab_shards.vocab_shard_statistics(
+            x, np.asarray(y), vocab_start=int(np.asarray(offset).reshape(-1)[0]), num_classes=total_classes,
+            ignore_index=int(_NO_IGNORE))
+        return np.zeros(x.shape[:-1], stats.dtype), stats
     loss, stats = api._loss_and_row_statistics(x, np.asarray(y), reduction="none", ignore_index=int(_NO_IGNORE))
     return loss, stats.reshape(x.shape[:-1] + (_STATS_WIDTH,))
 
 
-def _host_grad(x: Any, y: Any, stats: Any, cotangent: Any) -> np.ndarray:
+def _host_grad(total_classes: int, x: Any, y: Any, offset: Any, stats: Any, cotangent: Any) -> np.ndarray:
     x = np.asarray(x)
+    if total_classes:
+        return vocab_shards.vocab_shard_gradient(
+            x, np.asarray(y), np.asarray(stats), vocab_start=int(np.asarray(offset).reshape(-1)[0]),
+            num_classes=total_classes, grad_scale=np.asarray(cotangent), ignore_index=int(_NO_IGNORE))
     return api._gradient_from_row_statistics(
         x, np.asarray(y), np.asarray(stats).reshape(-1, _STATS_WIDTH), np.asarray(cotangent).reshape(-1),
         reduction="none", ignore_index=int(_NO_IGNORE),
@@ -102,8 +116,10 @@ def _compute(dtype: Any) -> np.dtype:
     return compute_dtype(np.dtype(dtype))
 
 
-def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-row losses and row statistics, in the compute dtype; classes on the last axis of x."""
+def _loss_stats(x: jax.Array, y: jax.Array, offset: Any = _NO_OFFSET, total_classes: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Per-row losses and row statistics, in the compute dtype; classes on the last axis of x.
+    A vocabulary shard (docs/spec.md#vocabulary-shards): the global classes from
+    ``offset`` of ``total_classes``, its statistics (and no meaningful loss)."""
     lead = x.shape[:-1]
     c = _compute(x.dtype)
     result = (
@@ -114,23 +130,26 @@ def _loss_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     # front, which the kernels take as more rows.
     if FFI_AVAILABLE:
         loss, stats = jax.ffi.ffi_call(_LOSS_STATS, result, vmap_method="broadcast_all")(
-            x, y, _NO_OFFSET, **_ATTRS
+            x, y, offset, **_ATTRS, total_classes=np.int64(total_classes)
         )
     else:
-        loss, stats = jax.pure_callback(_host_loss_stats, result, x, y, vmap_method="broadcast_all")
+        loss, stats = jax.pure_callback(partial(_host_loss_stats, total_classes), result, x, y, offset,
+                                        vmap_method="broadcast_all")
     return loss, stats
 
 
-def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array) -> jax.Array:
+def _grad(x: jax.Array, y: jax.Array, stats: jax.Array, cotangent: jax.Array, offset: Any = _NO_OFFSET,
+          total_classes: int = 0) -> jax.Array:
     """cotangent_i x d loss_i / d x_i, from the forward's statistics (x's dtype)."""
     result = jax.ShapeDtypeStruct(x.shape, x.dtype)  # type: ignore[no-untyped-call]
     cotangent = cotangent.astype(_compute(x.dtype))
     if FFI_AVAILABLE:
         g: jax.Array = jax.ffi.ffi_call(_GRAD_FROM_STATS, result, vmap_method="broadcast_all")(
-            x, y, _NO_OFFSET, stats, cotangent, **_ATTRS
+            x, y, offset, stats, cotangent, **_ATTRS, total_classes=np.int64(total_classes)
         )
     else:
-        g = jax.pure_callback(_host_grad, result, x, y, stats, cotangent, vmap_method="broadcast_all")
+        g = jax.pure_callback(partial(_host_grad, total_classes), result, x, y, offset, stats, cotangent,
+                              vmap_method="broadcast_all")
     return g
 
 
@@ -368,3 +387,125 @@ def softmax_cross_entropy_with_integer_labels(
     """
     x, y, mask = _prepare(logits, labels, axis, where, integer=True)
     return _finish(_xent(x, y), mask)
+
+
+# ---- vocabulary-parallel: the classes split over a mesh axis (inside shard_map) -----
+# docs/spec.md#vocabulary-shards. Forward: the shard's statistics (one kernel call),
+# one pmax and one psum of O(N) values, the loss from the combined statistics (the
+# same on every shard). Backward: one kernel call per shard, no communication.
+
+
+def _varying_axes(a: Any) -> frozenset[Any]:
+    """The mesh axes along which shard_map types ``a`` as varying (check_vma; empty
+    on jax versions without these types)."""
+    aval = jax.typeof(a) if hasattr(jax, "typeof") else None
+    mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.8
+    axes = mat.varying if mat is not None else getattr(aval, "vma", frozenset())  # jax 0.6-0.7
+    return frozenset(axes)
+
+
+def _varying_like(a: jax.Array, ref: jax.Array) -> jax.Array:
+    """``a`` typed as varying wherever ``ref`` is: a kernel's result differs per shard
+    as its inputs do, but an XLA FFI call's result type drops that."""
+    missing = tuple(sorted(_varying_axes(ref) - _varying_axes(a), key=str))
+    if not missing:
+        return a
+    if hasattr(jax.lax, "pcast"):
+        out: jax.Array = jax.lax.pcast(a, missing, to="varying")
+    else:
+        out = jax.lax.pvary(a, missing)
+    return out
+
+
+def _vocab_parallel_fwd(axis_name: Any, total: int, x: jax.Array, y: jax.Array, start: jax.Array) -> Any:
+    c = _compute(x.dtype)
+    _, stats = _loss_stats(x, y, start, total)
+    stats = _varying_like(stats, x)
+    row_max = jax.lax.pmax(stats[..., 0], axis_name)
+    sums = jax.lax.psum(vocab_shards.partial_sums(jnp, stats, row_max), axis_name)
+    row_stats = vocab_shards.row_statistics(jnp, row_max, sums, c).astype(c)
+    loss = vocab_shards.row_losses(jnp, row_stats, 0.0, None).astype(x.dtype)
+    return loss, (x, y, start, row_stats)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _vocab_parallel(axis_name: Any, total: int, x: jax.Array, y: jax.Array, start: jax.Array) -> jax.Array:
+    loss: jax.Array = _vocab_parallel_fwd(axis_name, total, x, y, start)[0]
+    return loss
+
+
+def _vocab_parallel_bwd(axis_name: Any, total: int, res: Any, ct: jax.Array) -> tuple[Any, ...]:
+    x, y, start, row_stats = res
+    ct = ct.astype(row_stats.dtype)
+    dx = _varying_like(_grad(x, y, row_stats, ct, start, total), x)
+    dy = None
+    if jnp.issubdtype(y.dtype, jnp.floating):  # d loss / d y_j = lse - x_j, this shard's columns
+        lse = row_stats[..., 0] + row_stats[..., 1]
+        dy = (ct[..., None] * (lse[..., None] - x.astype(row_stats.dtype))).astype(y.dtype)
+    return dx, dy, None
+
+
+_vocab_parallel.defvjp(partial(_vocab_parallel_fwd), _vocab_parallel_bwd)
+
+
+def _vocab_parallel_call(logits: Any, labels: Any, axis_name: Any, vocab_start: Any, num_classes: Any,
+                         integer: bool) -> jax.Array:
+    x = jnp.asarray(logits)
+    y = jnp.asarray(labels)
+    if np.dtype(x.dtype) not in FLOAT_DTYPES and not is_16bit(np.dtype(x.dtype)):
+        raise TypeError(f"logits: expected float32, float64, bfloat16 or float16, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(f"logits: expected this shard's classes on the last axis, got shape {x.shape}")
+    k = x.shape[-1]
+    shards = jax.lax.psum(1, axis_name)  # the mesh axis' size (a Python int inside shard_map)
+    if not isinstance(shards, int):
+        raise ValueError(f"axis_name: {axis_name!r} must name a mesh axis of the enclosing shard_map")
+    total = int(num_classes) if num_classes is not None else k * shards
+    if total < k:
+        raise ValueError(f"num_classes: {total} is fewer than this shard's {k} classes")
+    if vocab_start is None:
+        start = jax.lax.axis_index(axis_name) * k  # equal shards in axis order
+    else:
+        start = jnp.asarray(vocab_start)
+        if start.shape != () or not jnp.issubdtype(start.dtype, jnp.integer):
+            raise TypeError(f"vocab_start: expected one integer, got {start.dtype} of shape {start.shape}")
+    start = start.astype(jnp.int32)
+    if integer:
+        if not jnp.issubdtype(y.dtype, jnp.integer) or y.shape != x.shape[:-1]:
+            raise TypeError(f"labels: expected global integer class indices of shape {x.shape[:-1]}, "
+                            f"got {y.dtype} of shape {y.shape}")
+        if y.dtype not in (jnp.int32, jnp.int64):
+            y = y.astype(jnp.int32)
+    elif y.shape != x.shape:
+        raise ValueError(f"labels: expected this shard's labels of the logits' shape {x.shape}, got {y.shape}")
+    else:
+        y = y.astype(x.dtype)
+    return _vocab_parallel(axis_name, total, x, y, start)
+
+
+def vocab_parallel_softmax_cross_entropy(
+    logits: Any, labels: Any, *, axis_name: Any, vocab_start: Any = None, num_classes: int | None = None
+) -> jax.Array:
+    """``softmax_cross_entropy`` over classes split across the mesh axis ``axis_name``,
+    for use inside ``jax.shard_map`` (docs/spec.md#vocabulary-shards).
+
+    Each shard passes its columns of ``logits`` (..., K_r) and of ``labels`` (probabilities
+    or multi-hot, the same shape); every shard returns the whole rows' losses (...,).
+    ``vocab_start``: this shard's first global class (an int or a traced scalar, e.g.
+    from ``lax.axis_index``); None means equal shards in axis order. ``num_classes``:
+    the whole vocabulary (default ``K_r`` times the axis size). Forward: one kernel
+    call, one ``lax.pmax`` and one ``lax.psum`` of O(N) values; the gradient (for the
+    logits and the labels) is computed per shard with no communication.
+    """
+    return _vocab_parallel_call(logits, labels, axis_name, vocab_start, num_classes, integer=False)
+
+
+def vocab_parallel_softmax_cross_entropy_with_integer_labels(
+    logits: Any, labels: Any, *, axis_name: Any, vocab_start: Any = None, num_classes: int | None = None
+) -> jax.Array:
+    """``softmax_cross_entropy_with_integer_labels`` over classes split across the mesh
+    axis ``axis_name`` (inside ``jax.shard_map``): ``labels`` are global class indices
+    (...,), the same on every shard, in ``[0, num_classes)`` (checked by the kernel:
+    an XLA error otherwise). See ``vocab_parallel_softmax_cross_entropy``.
+    """
+    return _vocab_parallel_call(logits, labels, axis_name, vocab_start, num_classes, integer=True)
