@@ -60,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
         pickle.dump(cases, f)
     env = dict(os.environ, FASTXENT_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(WORKER), str(tmp / "cases.pkl"), str(tmp / "out.pkl")], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp / "out.pkl", "rb") as f:
         results = pickle.load(f)
@@ -107,17 +107,18 @@ def test_shards_match_the_float64_reference(runs: Any) -> None:
 
 
 def test_jitted_call_is_two_kernels_and_two_collectives(runs: Any) -> None:
-    cases, results = runs
+    _cases, results = runs
     hlo = results[0]["hlo"]
     assert len(re.findall(r"custom_call_target=\"fastxent_loss_stats\"", hlo)) == 1
     assert len(re.findall(r"custom_call_target=\"fastxent_grad_from_stats\"", hlo)) == 1
     reduces = re.findall(r"= [^ ]+ all-reduce(?:-start)?\(", hlo)
     assert len(reduces) == 2, reduces  # pmax of the row maxima, psum of the stacked partial sums
-    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    assert "all-gather" not in hlo
+    assert "all-to-all" not in hlo
 
 
 def test_a_label_beyond_the_vocabulary_is_an_error(runs: Any) -> None:
-    cases, results = runs
+    _cases, results = runs
     got = results[-1]
     assert "error" in got
     assert re.search(r"labels: class index \d+ is out of range for 36 classes", got["error"][1]), got["error"]

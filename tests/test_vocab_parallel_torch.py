@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
-import fastxent as fx  # noqa: E402
+import fastxent as fx
 
 WORKER = Path(__file__).with_name("vocab_parallel_worker.py")
 TIMEOUT = 240  # seconds for a whole group: every process is killed after it

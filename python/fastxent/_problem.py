@@ -15,11 +15,11 @@ import numpy as np
 from ._checks import (
     FLOAT_DTYPES,
     LossOptions,
-    check_int,
     as_array,
     as_writable_array,
     builtin_dtype,
     check_bool,
+    check_int,
     check_logits,
     check_options,
     compute_dtype,

@@ -136,7 +136,7 @@ def _agree(local: _Local, group: Any) -> int:
             raise ValueError(f"{prefix}{field} differs between ranks: {shown} (by rank); every rank must pass the same")
     ranges = sorted((rec["vocab_start"], rec["classes"], r) for r, rec in enumerate(recs))
     expected = 0
-    for start, k, r in ranges:
+    for start, k, _r in ranges:
         if start != expected:
             what = "overlap" if start < expected else "leave a gap"
             raise ValueError(
@@ -178,11 +178,12 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         cdtype = compute_dtype(x.dtype)
         t = _numpy(target)
         w = None if weight is None else weight.detach().to(torch.float64).numpy()
-        opts = dict(vocab_start=local.vocab_start, num_classes=num_classes, weight=w, ignore_index=local.ignore_index,
-                    label_smoothing=local.label_smoothing)
         error: Exception | None = None
         try:
-            stats = vs.vocab_shard_statistics(x, t, **opts).reshape(-1, vs.STATS_WIDTH)
+            stats = vs.vocab_shard_statistics(
+                x, t, vocab_start=local.vocab_start, num_classes=num_classes, weight=w,
+                ignore_index=local.ignore_index, label_smoothing=local.label_smoothing,
+            ).reshape(-1, vs.STATS_WIDTH)
         except (TypeError, ValueError, IndexError) as exc:  # e.g. a class index beyond num_classes
             error, stats = exc, np.zeros((local.rows, vs.STATS_WIDTH), cdtype)
         rank = dist.get_rank(group)
@@ -287,5 +288,6 @@ def vocab_parallel_cross_entropy(
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("vocab_parallel_cross_entropy: torch.distributed is not initialised (init_process_group)")
     total = _agree(local, group)
-    result: Tensor = _VocabParallelCrossEntropy.apply(logits_shard, target, weight, local, total, group)
+    result: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        logits_shard, target, weight, local, total, group)
     return result

@@ -413,7 +413,7 @@ def _varying_like(a: jax.Array, ref: jax.Array) -> jax.Array:
     if hasattr(jax.lax, "pcast"):
         out: jax.Array = jax.lax.pcast(a, missing, to="varying")
     else:
-        out = jax.lax.pvary(a, missing)
+        out = jax.lax.pvary(a, missing)  # type: ignore[attr-defined]  # (jax 0.6-0.7)
     return out
 
 
@@ -421,8 +421,8 @@ def _vocab_parallel_fwd(axis_name: Any, total: int, x: jax.Array, y: jax.Array, 
     c = _compute(x.dtype)
     _, stats = _loss_stats(x, y, start, total)
     stats = _varying_like(stats, x)
-    row_max = jax.lax.pmax(stats[..., 0], axis_name)
-    sums = jax.lax.psum(vocab_shards.partial_sums(jnp, stats, row_max), axis_name)
+    row_max = jax.lax.pmax(stats[..., 0], axis_name)  # type: ignore[no-untyped-call]
+    sums = jax.lax.psum(vocab_shards.partial_sums(jnp, stats, row_max), axis_name)  # type: ignore[no-untyped-call]
     row_stats = vocab_shards.row_statistics(jnp, row_max, sums, c).astype(c)
     loss = vocab_shards.row_losses(jnp, row_stats, 0.0, None).astype(x.dtype)
     return loss, (x, y, start, row_stats)
@@ -457,9 +457,9 @@ def _vocab_parallel_call(logits: Any, labels: Any, axis_name: Any, vocab_start: 
     if x.ndim < 1 or x.shape[-1] < 1:
         raise ValueError(f"logits: expected this shard's classes on the last axis, got shape {x.shape}")
     k = x.shape[-1]
-    shards = jax.lax.psum(1, axis_name)  # the mesh axis' size (a Python int inside shard_map)
+    shards = jax.lax.psum(1, axis_name)  # type: ignore[no-untyped-call]  # the mesh axis' size (a Python int inside shard_map)
     if not isinstance(shards, int):
-        raise ValueError(f"axis_name: {axis_name!r} must name a mesh axis of the enclosing shard_map")
+        raise TypeError(f"axis_name: {axis_name!r} must name a mesh axis of the enclosing shard_map")
     total = int(num_classes) if num_classes is not None else k * shards
     if total < k:
         raise ValueError(f"num_classes: {total} is fewer than this shard's {k} classes")

@@ -21,7 +21,8 @@ jax.numpy) so that both run exactly the same formulas.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
