@@ -54,3 +54,14 @@ def test_torch_linear_head_matches_the_unfused_curve() -> None:
         # float32 training, chunked vs whole logits: ~1e-7 relative here, 1e-4 is the bar
         assert abs(ours - theirs) <= 1e-4 * abs(theirs), (step, ours, theirs)
     assert rows[-1][1] < 0.8 * rows[0][1]  # and it is actually training
+
+
+def test_torch_vocab_parallel_matches_one_process_step_for_step() -> None:
+    out = _run("torch_vocab_parallel.py")  # launches its 2 gloo ranks itself, bounded by timeouts
+    rows = [tuple(map(float, line.split())) for line in out.splitlines() if re.fullmatch(r"\s*\d+(\s+\S+){3}", line)]
+    assert len(rows) >= 10, out
+    for step, one, rank0, rank1 in rows:
+        assert rank0 == rank1, (step, rank0, rank1)  # every rank has the same loss
+        # float32, statistics combined across processes vs one pass: ~1e-7 relative here
+        assert abs(rank0 - one) <= 1e-5 * abs(one), (step, rank0, one)
+    assert rows[-1][1] < 0.9 * rows[0][1]
