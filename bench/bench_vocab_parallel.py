@@ -125,11 +125,15 @@ def main() -> int:
         if any(codes):
             print(f"a rank failed: {codes}")
             return 1
-        ranks = [json.load(open(o)) for o in outs]
+        ranks = []
+        for o in outs:
+            with open(o) as f:
+                ranks.append(json.load(f))
         single_out = os.path.join(tmp, "single.json")
         subprocess.run([sys.executable, __file__, "--single", str(args.ranks), str(n), str(k), str(args.repeats),
                         single_out], check=True, timeout=600)
-        single = json.load(open(single_out))
+        with open(single_out) as f:
+            single = json.load(f)
     par = max(r["median"] for r in ranks)
     each = ", ".join(f"{r['median'] * 1e3:.1f}" for r in ranks)
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; float32, class-index targets, forward + backward")

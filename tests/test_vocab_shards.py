@@ -137,7 +137,8 @@ def test_shards_equal_one_pass(engine: str, kind: str, opt: int, protocol: str) 
     no_softmax = [3] if "softcap" in opts else [2, 3, 4]
     assert np.all(np.isnan(loss[no_softmax])), loss
     if kind == "index":
-        assert loss[5] == 0 and np.all(grad[5] == 0)
+        assert loss[5] == 0
+        assert np.all(grad[5] == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16, ml_dtypes.bfloat16])
@@ -160,9 +161,11 @@ def test_statistics_of_one_shard(engine: str) -> None:
     x = np.array([[-np.inf, -np.inf], [0.0, np.nan], [1.0, 2.0], [3.0, 3.0]], np.float32)
     t = np.array([5, 0, 7, -100])  # global classes of a 10-class vocabulary; this shard is [4, 6)
     st = fx.vocab_shard_statistics(x, t, vocab_start=4, num_classes=10, backend=engine)
-    assert st.dtype == np.float32 and st.shape == (4, 4)
+    assert st.dtype == np.float32
+    assert st.shape == (4, 4)
     np.testing.assert_array_equal(st[0], [-np.inf, -np.inf, 1.0, -np.inf])  # masked shard with the target
-    assert st[1, 0] == 0 and np.all(np.isnan(st[1, 1:]))  # NaN: no softmax
+    assert st[1, 0] == 0
+    assert np.all(np.isnan(st[1, 1:]))
     np.testing.assert_allclose(st[2], [2.0, np.log1p(np.exp(-1.0)), 0.0, 0.0], rtol=1e-6)  # class 7 elsewhere
     np.testing.assert_array_equal(st[3], 0)  # ignored
     # label smoothing counts the whole vocabulary: eps / 10 on each of the 2 classes
@@ -176,7 +179,8 @@ def test_every_shard_masked_is_a_nan_row_and_huge_maxima_cancel() -> None:
     masked = np.full((1, 3), -np.inf, np.float32)
     stats = [fx.vocab_shard_statistics(masked, np.array([1]), vocab_start=3 * r, num_classes=6) for r in range(2)]
     row = fx.combine_vocab_shard_statistics(stats)
-    assert row[0, 0] == 0 and np.all(np.isnan(row[0, 1:]))
+    assert row[0, 0] == 0
+    assert np.all(np.isnan(row[0, 1:]))
     assert np.isnan(fx.loss_from_row_statistics(row))[0]
     # equal huge maxima on both shards: exactly log 2 - 0 for the target at one of them
     huge = np.full((1, 1), 1e30, np.float32)
