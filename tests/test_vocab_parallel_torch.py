@@ -154,6 +154,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, 
         dict(case(x, t, cuts, num_classes=k), override={1: {"options": {"num_classes": k + 1}}}),
         dict(case(x, t, cuts), override={1: {"target": np.where(t == 5, k + 3, t)}}),  # a label beyond K
         dict(case(x, t, cuts), override={0: {"dtype": "float64"}}),
+        dict(case(x, t, cuts), override={1: {"weight": np.ones(3, np.float32)}}),  # refused by rank 1's own checks
     ]
     t_bad = t.copy()
     t_bad[4] = k + 3
@@ -227,6 +228,7 @@ def test_disagreeing_ranks_all_raise(two_ranks: Any) -> None:
         "num_classes",
         "out of range for 37 classes",
         "dtype differs between ranks",
+        "weight: expected this shard's 7 class weights",
     ]
     bad = [i for i, c in enumerate(cases) if "override" in c]
     assert len(bad) == len(expected)
@@ -256,3 +258,47 @@ def test_three_ranks_with_a_one_class_shard(tmp_path: Path) -> None:
     for i, c in enumerate(cases):
         check_against_reference(c, per_case(results, i), 2e-6)
         check_collectives(per_case(results, i), n, 3)
+
+
+@pytest.fixture
+def group_of_one(tmp_path: Path) -> Any:
+    """A real gloo group of this process alone (world size 1), destroyed after the test."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> None:
+    import fastxent.torch as fxt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 13, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 13, (9,), generator=g)
+    y[2] = -100
+    w = torch.rand(13, generator=g, dtype=torch.float64) + 0.5
+    opts = {"weight": w, "label_smoothing": 0.1, "reduction": "mean"}
+
+    def step(fn: Any) -> tuple[Any, Any]:
+        xx = x.clone().requires_grad_(True)
+        loss = fn(xx)
+        loss.backward()
+        return loss.detach(), xx.grad
+
+    want = step(lambda a: F.cross_entropy(a, y, **opts))
+    eager = step(lambda a: fxt.vocab_parallel_cross_entropy(a, y, vocab_start=0, group=group_of_one, **opts))
+    compiled = step(torch.compile(lambda a: fxt.vocab_parallel_cross_entropy(a, y, vocab_start=0, **opts)))
+    for got in (eager, compiled):
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-15)
+    # and arguments refused by the only rank raise (the agreement has nobody to wait for)
+    with pytest.raises(ValueError, match="leave a gap at class 0"):
+        fxt.vocab_parallel_cross_entropy(x, y, vocab_start=1, **opts)
+    with pytest.raises(IndexError, match="^targets: class index 20 is out of range for 13 classes"):
+        fxt.vocab_parallel_cross_entropy(x, torch.full((9,), 20), vocab_start=0, **opts)

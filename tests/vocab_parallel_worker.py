@@ -62,6 +62,8 @@ def run_case(case: dict[str, Any], rank: int, log: CollectiveLog) -> dict[str, A
         x, t = x[: over["rows"]], t[: over["rows"]]
     if "target" in over:
         t = over["target"]
+    if "weight" in over:
+        w = to_tensor(over["weight"], "float32")
     opts.update(over.get("options", {}))
     logits = to_tensor(x, over.get("dtype", case["dtype"])).requires_grad_(True)
     log.calls.clear()

@@ -61,7 +61,7 @@ class _Local:
         try:
             self._check(logits, target, vocab_start, num_classes, weight, reduction, ignore_index, label_smoothing,
                         z_loss)
-        except (TypeError, ValueError, IndexError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any refusal must reach the agreement, or the others would hang
             self.error = exc
 
     def _check(self, logits: Any, target: Any, vocab_start: Any, num_classes: Any, weight: Any, reduction: Any,
@@ -115,6 +115,15 @@ class _Local:
         return torch.tensor([values[f] for f in _FIELDS], dtype=torch.int64)
 
 
+def _on_every_rank(error: Exception, rank: int) -> Exception:
+    """This rank's own error, saying that the whole group raises with it."""
+    message = f"{error} (rank {rank}; every rank of the group raises)"
+    try:
+        return type(error)(message)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return RuntimeError(message)
+
+
 def _agree(local: _Local, group: Any) -> int:
     """One all_gather of every rank's record; the whole vocabulary's size, or the same
     error on every rank."""
@@ -125,7 +134,7 @@ def _agree(local: _Local, group: Any) -> int:
     recs = [dict(zip(_FIELDS, g.tolist())) for g in gathered]
     prefix = "vocab_parallel_cross_entropy: "
     if local.error is not None:
-        raise type(local.error)(f"{local.error} (rank {rank}; every rank of the group raises)")
+        raise _on_every_rank(local.error, rank) from local.error
     failed = [r for r, rec in enumerate(recs) if rec["error"]]
     if failed:
         raise ValueError(f"{prefix}rank {failed[0]} refused its arguments (see its error); no rank computed")
@@ -184,7 +193,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 x, t, vocab_start=local.vocab_start, num_classes=num_classes, weight=w,
                 ignore_index=local.ignore_index, label_smoothing=local.label_smoothing,
             ).reshape(-1, vs.STATS_WIDTH)
-        except (TypeError, ValueError, IndexError) as exc:  # e.g. a class index beyond num_classes
+        except Exception as exc:  # noqa: BLE001 - e.g. a class index beyond num_classes; the MAX tells the others
             error, stats = exc, np.zeros((local.rows, vs.STATS_WIDTH), cdtype)
         rank = dist.get_rank(group)
         # The MAX carries a failure flag: a rank whose kernel call refused its targets
@@ -194,7 +203,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         maxima[-1] = rank + 1 if error is not None else 0
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
         if error is not None:
-            raise type(error)(f"{error} (rank {rank}; every rank of the group raises)")
+            raise _on_every_rank(error, rank) from error
         if maxima[-1] > 0:
             raise ValueError(f"vocab_parallel_cross_entropy: rank {int(maxima[-1]) - 1} refused its targets (see its "
                              "error); no rank computed")
