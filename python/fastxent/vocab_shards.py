@@ -153,7 +153,7 @@ def _real_array(values: Any, name: str) -> np.ndarray:
 
 def _float_dtype(dtype: Any) -> np.dtype:
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype: expected the logits' float dtype, got {dtype!r}") from exc
     if not is_float_like(dt):
@@ -266,7 +266,7 @@ def vocab_shard_gradient(
     scale = np.asarray(grad_scale)
     if scale.dtype.kind not in "iuf" or scale.shape not in ((), p.lead_shape):
         raise ValueError(f"grad_scale: expected a real scalar or shape {p.lead_shape}, got {scale.shape} {scale.dtype}")
-    if out is not None:
+    if p.grad is not None and out is not None:
         # row_stats may be read in place (float rows already contiguous): out must not
         # overwrite the statistics of rows still to come, nor any other input
         refuse_overlap(p.grad, [st, scale], "out: shares memory with an input (row_stats or grad_scale)")
