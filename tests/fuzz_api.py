@@ -2705,7 +2705,7 @@ def parent_main(opts: argparse.Namespace) -> int:
     for sec in opts.section:
         v = stats.get(sec, {"cases": 0, "seconds": 0.0})
         rate = v["cases"] / v["seconds"] if v["seconds"] else 0.0
-        print(f"  {sec:10s} {int(v['cases']):7d} cases in {v['seconds']:6.1f} s = {rate:7.1f} cases/s")
+        print(f"  {sec:12s} {int(v['cases']):7d} cases in {v['seconds']:6.1f} s = {rate:7.1f} cases/s")
     print(f"  child restarts after a crash or hang: {restarts}")
     print(f"\nfindings: {len(by_key)}")
     for i, f in enumerate(by_key.values(), 1):
