@@ -2057,10 +2057,11 @@ VOCAB_ARGS = ("logits", "targets", "row_stats", "shard_stats", "row_max", "sums"
 # The ranks' calls, written out once per reproducer: every shard's statistics, the
 # combination (as one call on the gathered statistics, or as the two all-reduces
 # spelled out with the public partial sums), the per-row losses, every shard's gradient.
-VOCAB_PIPELINE = '''def vocab_pipeline(logits, targets, *, cuts, num_classes, dense, path, with_out=False, weight=None, grad_scale=1.0,
+VOCAB_PIPELINE = '''def vocab_pipeline(logits, targets, *, cuts, num_classes, split, path, with_out=False, weight=None, grad_scale=1.0,
                    z_loss=0.0, backend=None, **opts):
     parts = list(zip(cuts[:-1], cuts[1:]))
-    t_of = lambda a, b: targets[..., a:b] if dense else targets  # noqa: E731
+    t_of = lambda a, b: {"index": lambda: targets, "columns": lambda: targets[..., a:b],  # noqa: E731
+                         "csr": lambda: targets[:, a:b], "sparse": lambda: fx.SparseTargets.from_scipy(targets[:, a:b])}[split]()
     w_of = lambda a, b: None if weight is None else weight[a:b]  # noqa: E731
     stats = [fx.vocab_shard_statistics(logits[..., a:b], t_of(a, b), vocab_start=a, num_classes=num_classes,
                                        weight=w_of(a, b), backend=backend, **opts) for a, b in parts]
@@ -2070,7 +2071,7 @@ VOCAB_PIPELINE = '''def vocab_pipeline(logits, targets, *, cuts, num_classes, de
         row_stats = fx.row_statistics_from_sums(row_max, sums, dtype=stats[0].dtype)
     else:
         row_stats = fx.combine_vocab_shard_statistics(np.stack(stats) if path == "stacked" else stats)
-    ignored = None if dense else np.asarray(targets) == opts.get("ignore_index", -100)
+    ignored = np.asarray(targets) == opts.get("ignore_index", -100) if split == "index" else None
     loss = fx.loss_from_row_statistics(row_stats, z_loss=z_loss, ignored=ignored)
     out_of = lambda l: np.empty(np.shape(l), np.asarray(l).dtype.newbyteorder("=")) if with_out else None  # noqa: E731
     grads = [fx.vocab_shard_gradient(logits[..., a:b], t_of(a, b), row_stats, vocab_start=a, num_classes=num_classes,
@@ -2132,9 +2133,12 @@ def vocab_specs(draw: Any) -> dict[str, Any]:
         c = draw(st.integers(0, k - 1))
         cuts = sorted(set(cuts) | {c, c + 1} - {0, k})
     cuts = [0] + cuts + [k]
-    kind = pick(draw, ["index"] * 5 + ["dense"] * 4)
+    kind = pick(draw, ["index"] * 5 + ["dense"] * 4 + ["csr", "sparse"] * (ndim == 2))
     if kind == "index":
         targets = draw(index_targets(lead, k))
+    elif kind in ("csr", "sparse"):  # scipy CSR of the whole rows, split by columns (local indices per shard)
+        targets = {"rows": draw(_csr_rows(n, k)), "seed": draw(seeds), "nan": draw(one_in(8)),
+                   "form": pick(draw, ["csr_matrix", "csr_array"])}
     else:
         targets = draw(dense_targets(shape))
         targets["wrap"] = pick(draw, [None] * 6 + ["torch", "subclass"])
@@ -2170,7 +2174,15 @@ def build_vocab(spec: dict[str, Any]) -> Program:
         setup += [(line, "plain") for line in layout_lines("x", op, len(lg["shape"]))]
     if lg.get("wrap"):
         setup.append((wrap_line("x", lg["wrap"]), "plain"))
-    setup += [(line, "plain") for line in array_lines("y", spec["targets"])]
+    t = spec["targets"]
+    if spec["kind"] in ("csr", "sparse"):
+        ip = [0] + [int(v) for v in np.cumsum([len(r) for r in t["rows"]])]
+        ix = [c for r in t["rows"] for c in r]
+        setup.append((f"_v = np.random.default_rng({t['seed']}).uniform(0, 2, {len(ix)})" + ("; _v[:1] = np.nan" if t["nan"] else ""),
+                      "plain"))
+        setup.append((f"y = scipy.sparse.{t['form']}((_v, {ix!r}, {ip!r}), shape=({len(ip) - 1}, {k}))", "plain"))
+    else:
+        setup += [(line, "plain") for line in array_lines("y", t)]
     if spec["weight"] is not None:
         setup += [(line, "plain") for line in array_lines("w", spec["weight"])]
     if spec["bad"]:
@@ -2181,7 +2193,8 @@ def build_vocab(spec: dict[str, Any]) -> Program:
             call = call[:-1] + ", backend=backend)"  # the variant's backend (with_backend passes it)
         return Program(setup, f"(lambda backend=None: {call})", {})
     setup.append((VOCAB_PIPELINE, "plain"))
-    args = {"logits": "x", "targets": "y", "cuts": repr(cuts), "num_classes": str(k), "dense": str(spec["kind"] == "dense"),
+    args = {"logits": "x", "targets": "y", "cuts": repr(cuts), "num_classes": str(k),
+            "split": repr({"index": "index", "dense": "columns"}.get(spec["kind"], spec["kind"])),
             "path": repr(spec["path"])}
     if spec.get("with_out"):
         args["with_out"] = "True"

@@ -112,7 +112,7 @@ def test_vocab_shards_oracle_rejects_a_wrong_combination_and_accepts_rounding() 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5)).astype(np.float32)
     y = np.array([0, 4, 2])
-    args = {"logits": x, "targets": y, "cuts": [0, 1, 5], "num_classes": 5, "dense": False, "path": "list"}
+    args = {"logits": x, "targets": y, "cuts": [0, 1, 5], "num_classes": 5, "split": "index", "path": "list"}
     loss, grad = fx.softmax_cross_entropy(x, y, reduction="none")
 
     def outcome(loss_: np.ndarray, grad_: np.ndarray) -> fuzz_api.Outcome:
@@ -136,7 +136,7 @@ def test_vocab_shards_section_draws_its_cases() -> None:
     targets, every combining path, per-row grad_scale, out= and the options."""
     from hypothesis import HealthCheck, given, settings
 
-    kinds = ("'sums'", "'stacked'", "'list'", "dense=True", "dense=False", "= -np.inf", "nan", "grad_scale=gs", "with_out=True",
+    kinds = ("'sums'", "'stacked'", "'list'", "split='columns'", "split='index'", "split='csr'", "split='sparse'", "= -np.inf", "nan", "grad_scale=gs", "with_out=True",
              "softcap=", "z_loss=", "label_smoothing=", "ignore_index=", "weight=w", "torch.from_numpy", "1-class shard",
              "several shards", "bad call")
     seen: set[str] = set()
