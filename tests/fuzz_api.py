@@ -2261,6 +2261,7 @@ def check_vocab(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) ->
         if o.result.types:
             found.append(Finding(entry.name, "result-type", o.result.types, o.variant))
     errs = [o for o in outs if o.status == "error"]
+    edge_rows: np.ndarray | None = None
     whole_opts = {n: v for n, v in (next(iter(oks + errs)).args or {}).items() if n in (
         "weight", "ignore_index", "label_smoothing", "z_loss", "softcap")} if oks + errs else {}
     for o in oks + errs:
@@ -2289,6 +2290,7 @@ def check_vocab(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) ->
             continue
         _, _, info = ref
         row_b, _, grad_b, edge = loss_bounds(info, "none")
+        edge_rows = edge
         dt, store = info["dtype"], info["store"]
         x = np.asarray(as_plain(args["logits"]))
         lead = x.shape[:-1]
@@ -2315,7 +2317,26 @@ def check_vocab(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) ->
         why = _compare(grad.reshape(e_grad.shape), e_grad, gb, careless, store)
         if why:
             found.append(Finding(entry.name, "reference", f"gradient: {why}", o.variant))
-    return found + check_agreement(entry, oks)
+    return found + vocab_agreement(entry, oks, edge_rows)
+
+
+def vocab_agreement(entry: EntryPoint, oks: list[Outcome], edge: np.ndarray | None) -> list[Finding]:
+    """check_agreement, but NaN placement is compared outside the reference's edge rows
+    (float32 intermediates beyond the dtype's range: there softmax_cross_entropy's own
+    backends give -inf in one and NaN in the other, on the whole rows too); threads
+    must still not change a bit anywhere."""
+    found = check_agreement(entry, [o for o in oks if o.variant in ("cpp", "threads=1")])
+    if edge is None or not edge.any():
+        return found + check_agreement(entry, [o for o in oks if o.variant != "threads=1"])
+    masked = []
+    for o in oks:
+        if o.variant == "threads=1":
+            continue
+        loss, grad = o.result
+        keep = ~edge.reshape(np.shape(loss))
+        res = LossResult((np.where(keep, loss, 0.0), None if grad is None else np.where(keep[..., None], grad, 0.0)))
+        masked.append(Outcome(o.variant, o.status, result=res))
+    return found + check_agreement(entry, masked)
 
 
 # ---------------------------------------------------------------------------------------
