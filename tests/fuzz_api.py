@@ -2045,6 +2045,306 @@ def check_linear(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -
 
 
 # ---------------------------------------------------------------------------------------
+# fastxent.vocab_shards: the classes of each row split into shards [a, b), each shard's
+# statistics combined and each shard's gradient taken, against softmax_cross_entropy
+# on the whole rows
+# ---------------------------------------------------------------------------------------
+
+VOCAB_ARGS = ("logits", "targets", "row_stats", "shard_stats", "row_max", "sums", "dtype", "ignored", "vocab_start",
+              "num_classes", "grad_scale", "weight", "ignore_index", "label_smoothing", "z_loss", "softcap", "out", "backend",
+              "indptr", "indices", "values")
+
+# The ranks' calls, written out once per reproducer: every shard's statistics, the
+# combination (as one call on the gathered statistics, or as the two all-reduces
+# spelled out with the public partial sums), the per-row losses, every shard's gradient.
+VOCAB_PIPELINE = '''def vocab_pipeline(logits, targets, *, cuts, num_classes, split, path, with_out=False, weight=None, grad_scale=1.0,
+                   z_loss=0.0, backend=None, **opts):
+    parts = list(zip(cuts[:-1], cuts[1:]))
+    t_of = lambda a, b: {"index": lambda: targets, "columns": lambda: targets[..., a:b],  # noqa: E731
+                         "csr": lambda: targets[:, a:b], "sparse": lambda: fx.SparseTargets.from_scipy(targets[:, a:b])}[split]()
+    w_of = lambda a, b: None if weight is None else weight[a:b]  # noqa: E731
+    stats = [fx.vocab_shard_statistics(logits[..., a:b], t_of(a, b), vocab_start=a, num_classes=num_classes,
+                                       weight=w_of(a, b), backend=backend, **opts) for a, b in parts]
+    if path == "sums":
+        row_max = np.max(np.stack([s[..., 0] for s in stats]), axis=0)
+        sums = np.sum(np.stack([fx.vocab_shard_partial_sums(s, row_max) for s in stats]), axis=0)
+        row_stats = fx.row_statistics_from_sums(row_max, sums, dtype=stats[0].dtype)
+    else:
+        row_stats = fx.combine_vocab_shard_statistics(np.stack(stats) if path == "stacked" else stats)
+    ignored = np.asarray(targets) == opts.get("ignore_index", -100) if split == "index" else None
+    loss = fx.loss_from_row_statistics(row_stats, z_loss=z_loss, ignored=ignored)
+    out_of = lambda l: np.empty(np.shape(l), np.asarray(l).dtype.newbyteorder("=")) if with_out else None  # noqa: E731
+    grads = [fx.vocab_shard_gradient(logits[..., a:b], t_of(a, b), row_stats, vocab_start=a, num_classes=num_classes,
+                                     weight=w_of(a, b), grad_scale=grad_scale, z_loss=z_loss, out=out_of(logits[..., a:b]),
+                                     backend=backend, **opts) for a, b in parts]
+    return stats, row_stats, loss, grads'''
+
+# Each makes one public call invalid (lines run after x, y, w, lead, n, k and the first
+# shard [a, b) are set up): it must raise naming the argument (oracle a), never be accepted.
+VOCAB_BAD = {
+    "start-negative": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=-1, num_classes=k)",
+    "start-beyond": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=k - (b - a) + 1, num_classes=k)",
+    "start-float": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=float(a), num_classes=k)",
+    "start-none": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (4,)), vocab_start=None, num_classes=k)",
+    "classes-zero": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=0, num_classes=0)",
+    "classes-smaller": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (4,)), vocab_start=0, num_classes=b - a - 1)",
+    "classes-str": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=a, num_classes=str(k))",
+    "label-beyond": "fx.vocab_shard_statistics(x[..., a:b], np.full(lead, k), vocab_start=a, num_classes=k)",
+    "weight-whole": "fx.vocab_shard_statistics(x[..., a:b], y, vocab_start=a, num_classes=k, weight=np.ones(b - a + 1))",
+    "row-stats-rows": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros((n + 1, 4)), vocab_start=a, num_classes=k)",
+    "row-stats-width": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (3,)), vocab_start=a, num_classes=k)",
+    "row-stats-int": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (4,), int), vocab_start=a, num_classes=k)",
+    "grad-scale-shape": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (4,)), vocab_start=a, num_classes=k, "
+                        "grad_scale=np.ones(n + 1))",
+    "grad-scale-complex": "fx.vocab_shard_gradient(x[..., a:b], y, np.zeros(lead + (4,)), vocab_start=a, num_classes=k, "
+                          "grad_scale=1j)",
+    "out-in-row-stats": "rs = np.zeros(lead + (4 * (b - a),), x.dtype); fx.vocab_shard_gradient(x[..., a:b], y, "
+                        "rs.reshape(lead + (b - a, 4))[..., 0, :], vocab_start=a, num_classes=k, out=rs[..., :b - a])",
+    "ignored-shape": "fx.loss_from_row_statistics(np.zeros(lead + (4,)), ignored=np.zeros(n + 1, bool))",
+    "ignored-int": "fx.loss_from_row_statistics(np.zeros(lead + (4,)), ignored=np.zeros(lead, int))",
+    "loss-stats-width": "fx.loss_from_row_statistics(np.zeros(lead + (3,)))",
+    "row-max-shape": "fx.vocab_shard_partial_sums(np.zeros(lead + (4,)), np.zeros(n + 1))",
+    "row-max-complex": "fx.vocab_shard_partial_sums(np.zeros(lead + (4,)), np.zeros(lead, complex))",
+    "row-max-str": "fx.vocab_shard_partial_sums(np.zeros(lead + (4,)), 'abc')",
+    "shard-stats-width": "fx.vocab_shard_partial_sums(np.zeros(lead + (5,)), np.zeros(lead))",
+    "sums-shape": "fx.row_statistics_from_sums(np.zeros(lead), np.zeros(lead + (4,)))",
+    "sums-str": "fx.row_statistics_from_sums(np.zeros(lead), 'abc')",
+    "dtype-str": "fx.row_statistics_from_sums(np.zeros(lead), np.zeros(lead + (3,)), dtype='abc')",
+    "dtype-int": "fx.row_statistics_from_sums(np.zeros(lead), np.zeros(lead + (3,)), dtype=np.int64)",
+    "combine-none": "fx.combine_vocab_shard_statistics([])",
+    "combine-rows-differ": "fx.combine_vocab_shard_statistics([np.zeros(lead + (4,)), np.zeros((n + 1, 4))])",
+    "combine-not-stats": "fx.combine_vocab_shard_statistics(None)",
+}
+_VOCAB_WRAPS = [None] * 12 + ["torch", "masked", "memmap", "subclass", "matrix"]
+
+
+@st.composite
+def vocab_specs(draw: Any) -> dict[str, Any]:
+    ndim = pick(draw, [1, 2, 2, 2, 3])
+    k = draw(st.one_of(st.integers(1, 9), st.integers(10, 70), st.sampled_from([2, 16, 17, 33, 129, 300])))
+    lead = draw(st.lists(st.sampled_from([0, 1, 2, 3, 4, 5, 7]), min_size=ndim - 1, max_size=ndim - 1))
+    n = int(np.prod(lead)) if lead else 1
+    shape = lead + [k]
+    logits = draw(float_array(shape, LOGIT_DTYPES if draw(one_in(12)) else _LOGIT_FLOATS))
+    logits["wrap"] = pick(draw, _VOCAB_WRAPS)
+    # cut points: 1 to 4 shards, often a 1-class shard
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, k - 1)), max_size=3)) if k > 1 else []))
+    if k > 2 and draw(one_in(3)):
+        c = draw(st.integers(0, k - 1))
+        cuts = sorted(set(cuts) | {c, c + 1} - {0, k})
+    cuts = [0] + cuts + [k]
+    kind = pick(draw, ["index"] * 5 + ["dense"] * 4 + ["csr", "sparse"] * (ndim == 2))
+    if kind == "index":
+        targets = draw(index_targets(lead, k))
+    elif kind in ("csr", "sparse"):  # scipy CSR of the whole rows, split by columns (local indices per shard)
+        targets = {"rows": draw(_csr_rows(n, k)), "seed": draw(seeds), "nan": draw(one_in(8)),
+                   "form": pick(draw, ["csr_matrix", "csr_array"])}
+    else:
+        targets = draw(dense_targets(shape))
+        targets["wrap"] = pick(draw, [None] * 6 + ["torch", "subclass"])
+    opts = option_values(k)
+    options: dict[str, str] = {}
+    for name in ("ignore_index", "label_smoothing", "z_loss", "softcap"):
+        if draw(one_in(3 if kind == "index" or name != "ignore_index" else 12)):  # (dense targets refuse any ignore_index)
+            options[name] = draw(opts[name])
+    weight = None
+    if draw(one_in(4)):
+        weight = draw(float_array([k], _WEIGHT_DTYPES, _WEIGHT_FILLS))
+        weight["wrap"] = None
+    # rows whose whole shard is -inf (a shard holding none of a row's finite logits)
+    ninf = draw(st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, len(cuts) - 2)).map(list), max_size=3)) \
+        if n and draw(one_in(3)) else []
+    scale = pick(draw, ["1.0"] * 4 + ["0.5", "-2.0", "0.0", "np.float32(0.25)", "rows", "3"])
+    return {"entry": "vocab_shards", "logits": logits, "k": k, "lead": lead, "cuts": cuts, "kind": kind, "targets": targets,
+            "options": options, "weight": weight, "ninf": ninf, "grad_scale": scale, "seed": draw(seeds),
+            "path": pick(draw, ["list", "stacked", "sums"]), "with_out": draw(one_in(4)),
+            # (with no rows there is no label to be out of range, no memory to share)
+            "bad": pick(draw, sorted(b for b in VOCAB_BAD if n or b not in ("label-beyond", "out-in-row-stats")))
+            if draw(one_in(10)) else None, "all_isa": draw(one_in(4))}
+
+
+def build_vocab(spec: dict[str, Any]) -> Program:
+    k, lead, cuts = spec["k"], tuple(spec["lead"]), spec["cuts"]
+    lg = spec["logits"]
+    setup: list[tuple[str, str]] = [(line, "plain") for line in array_lines("x", {**lg, "layout": [], "wrap": None})]
+    for row, shard in spec["ninf"]:
+        a, b = cuts[shard], cuts[shard + 1]
+        setup.append((f"x.reshape(-1, {k})[{row}, {a}:{b}] = -np.inf", "plain"))
+    for op in lg.get("layout", []):
+        setup += [(line, "plain") for line in layout_lines("x", op, len(lg["shape"]))]
+    if lg.get("wrap"):
+        setup.append((wrap_line("x", lg["wrap"]), "plain"))
+    t = spec["targets"]
+    if spec["kind"] in ("csr", "sparse"):
+        ip = [0] + [int(v) for v in np.cumsum([len(r) for r in t["rows"]])]
+        ix = [c for r in t["rows"] for c in r]
+        setup.append((f"_v = np.random.default_rng({t['seed']}).uniform(0, 2, {len(ix)})" + ("; _v[:1] = np.nan" if t["nan"] else ""),
+                      "plain"))
+        setup.append((f"y = scipy.sparse.{t['form']}((_v, {ix!r}, {ip!r}), shape=({len(ip) - 1}, {k}))", "plain"))
+    else:
+        setup += [(line, "plain") for line in array_lines("y", t)]
+    if spec["weight"] is not None:
+        setup += [(line, "plain") for line in array_lines("w", spec["weight"])]
+    if spec["bad"]:
+        setup.append((f"lead, n, k, a, b = {lead!r}, {int(np.prod(lead)) if lead else 1}, {k}, {cuts[0]}, {cuts[1]}", "plain"))
+        *pre, call = VOCAB_BAD[spec["bad"]].split("; ")
+        setup += [(line, "plain") for line in pre]
+        if call.startswith(("fx.vocab_shard_statistics", "fx.vocab_shard_gradient")):
+            call = call[:-1] + ", backend=backend)"  # the variant's backend (with_backend passes it)
+        return Program(setup, f"(lambda backend=None: {call})", {})
+    setup.append((VOCAB_PIPELINE, "plain"))
+    args = {"logits": "x", "targets": "y", "cuts": repr(cuts), "num_classes": str(k),
+            "split": repr({"index": "index", "dense": "columns"}.get(spec["kind"], spec["kind"])),
+            "path": repr(spec["path"])}
+    if spec.get("with_out"):
+        args["with_out"] = "True"
+    if spec["weight"] is not None:
+        args["weight"] = "w"
+    scale = spec["grad_scale"]
+    if scale == "rows":
+        setup.append((f"gs = np.random.default_rng({spec['seed']}).uniform(-2, 2, {lead!r})", "plain"))
+        args["grad_scale"] = "gs"
+    elif scale != "1.0":
+        args["grad_scale"] = scale
+    args.update(spec["options"])
+    return Program(setup, "vocab_pipeline", args, positional=("logits", "targets"))
+
+
+def capture_vocab(res: Any, args: dict[str, Any]) -> Any:
+    """(loss, the shards' gradients side by side) as float64 copies; `types` says what
+    is off in the results' shapes and dtypes, or memory they share with an input or
+    with each other."""
+    if not isinstance(res, tuple):  # a bad-input case that was accepted
+        out = LossResult((np.array(np.asarray(res, dtype=object).shape, np.float64), None))
+        out.types = ""
+        return out
+    stats, row_stats, loss, grads = res
+    x = np.asarray(as_plain(args["logits"]))
+    lead, store = x.shape[:-1], x.dtype.newbyteorder("=")
+    cdt = np.dtype(np.float32) if store.itemsize == 2 else store
+    cuts = args["cuts"]
+    problems = []
+    for s in stats:
+        if not isinstance(s, np.ndarray) or s.shape != lead + (4,) or s.dtype != cdt:
+            problems.append(f"statistics: {type(s).__name__} {getattr(s, 'dtype', '')} {np.shape(s)}, want {cdt} {lead + (4,)}")
+    if not isinstance(row_stats, np.ndarray) or row_stats.shape != lead + (4,):
+        problems.append(f"row statistics: {type(row_stats).__name__} {np.shape(row_stats)}, want {lead + (4,)}")
+    if not isinstance(loss, np.ndarray) or loss.shape != lead:
+        problems.append(f"losses: {type(loss).__name__} {np.shape(loss)}, want {lead}")
+    for (a, b), g in zip(zip(cuts[:-1], cuts[1:]), grads):
+        if not isinstance(g, np.ndarray) or g.shape != lead + (b - a,) or g.dtype != store:
+            problems.append(f"gradient of [{a}, {b}): {type(g).__name__} {getattr(g, 'dtype', '')} {np.shape(g)}, "
+                            f"want {store} {lead + (b - a,)}")
+    outs = [o for o in [*stats, row_stats, loss, *grads] if isinstance(o, np.ndarray)]
+    inputs = memory_regions(list(args.values()))
+    for i, o in enumerate(outs):
+        if any(_overlap(o, r) for r in inputs):
+            problems.append(f"a result ({o.dtype}{list(o.shape)}) shares memory with an input")
+        if any(_overlap(o, p) for p in outs[:i]):
+            problems.append(f"two results ({o.dtype}{list(o.shape)}) share memory")
+    with np.errstate(all="ignore"):
+        grad = np.concatenate([np.asarray(g, np.float64) for g in grads], axis=-1) if not problems else None
+    out = LossResult((np.array(np.asarray(loss), np.float64, copy=True), grad))
+    out.types = "; ".join(problems[:2])
+    return out
+
+
+def check_vocab(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome]) -> list[Finding]:
+    found: list[Finding] = []
+    for o in outs:
+        found += [Finding(entry.name, "memory", m, o.variant) for m in o.memory]
+    found += accept_raise_agreement(entry, outs)
+    oks = [o for o in outs if o.status == "ok"]
+    if spec.get("bad"):
+        return found + [Finding(entry.name, "accepted-bad-input", f"accepted {spec['bad']}", o.variant) for o in oks]
+    for o in oks:
+        if o.result.types:
+            found.append(Finding(entry.name, "result-type", o.result.types, o.variant))
+    errs = [o for o in outs if o.status == "error"]
+    edge_rows: np.ndarray | None = None
+    whole_opts = {n: v for n, v in (next(iter(oks + errs)).args or {}).items() if n in (
+        "weight", "ignore_index", "label_smoothing", "z_loss", "softcap")} if oks + errs else {}
+    for o in oks + errs:
+        args = o.args or {}
+        be = "numpy" if o.variant == "numpy" else "cpp"
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rloss, rgrad = fx.softmax_cross_entropy(args["logits"], args["targets"], reduction="none", backend=be,
+                                                        **whole_opts)
+        except Exception as exc:  # noqa: BLE001 - the whole-row call's verdict, compared below
+            if o.status == "ok":
+                found.append(Finding(entry.name, "accepted-bad-input",
+                                     f"the shards accept what softmax_cross_entropy refuses: {type(exc).__name__}: "
+                                     f"{str(exc)[:100]}", o.variant))
+            continue
+        if o.status == "error":
+            found.append(Finding(entry.name, "variants-disagree", f"the shards refuse what softmax_cross_entropy accepts: "
+                                 f"{o.exc_type}: {o.message[:100]}", o.variant))
+            continue
+        loss, grad = o.result
+        if grad is None:
+            continue
+        ref = loss_reference({**args, "reduction": "none"})
+        if ref is None:
+            continue
+        _, _, info = ref
+        row_b, _, grad_b, edge = loss_bounds(info, "none")
+        edge_rows = edge
+        dt, store = info["dtype"], info["store"]
+        x = np.asarray(as_plain(args["logits"]))
+        lead = x.shape[:-1]
+        # both sides err by the existing sections' bound (plus the whole-row loss's
+        # rounding to its dtype: the combined loss is float64)
+        e_loss = np.asarray(rloss, np.float64)
+        with np.errstate(all="ignore"):
+            lb = (2 * row_b).reshape(lead) + np.abs(np.nan_to_num(e_loss, posinf=0, neginf=0)) * float(np.finfo(dt).eps)
+        why = _compare(loss, e_loss, lb, edge.reshape(lead), np.dtype(np.float64))
+        if why:
+            found.append(Finding(entry.name, "reference", f"loss: {why}", o.variant))
+        gs = np.asarray(args.get("grad_scale", 1.0), np.float64)
+        rows_scale = np.broadcast_to(gs, lead).reshape(-1, 1)
+        k_all = x.shape[-1]
+        with np.errstate(all="ignore"):
+            e_grad = np.asarray(rgrad, np.float64).reshape(-1, x.shape[-1]) * rows_scale
+            e_round = np.abs(np.nan_to_num(e_grad, posinf=0, neginf=0))
+            # each shard's target mass Q_r is returned in the compute dtype: where the Q_r of
+            # several shards cancel (weights or dense targets of both signs) the combined Q
+            # is off by rounding of sum |Q_r| <= sum |q_j|, not of |Q|, times s_j in g_j
+            cancel = reference.rtol_for(dt, k_all, 32.0) * np.abs(info["q"]).sum(axis=1, keepdims=True) * info["s"]
+            gb = np.abs(rows_scale) * (2 * grad_b + cancel + 2 * rounding16(np.asarray(rgrad, np.float64).reshape(e_grad.shape), store)) \
+                + 2 * e_round * float(np.finfo(dt).eps) + 3 * rounding16(e_round, store)
+        r_rows = np.asarray(rgrad, np.float64).reshape(e_grad.shape)
+        # a 16-bit gradient that overflows (to inf whole-row, then inf * 0 = NaN for a 0
+        # grad_scale) can round either way; the shards scale before storing
+        careless = np.broadcast_to(edge[:, None], e_grad.shape) | near_float16_overflow(e_grad, store) \
+            | near_float16_overflow(r_rows, store) | (np.isinf(r_rows) & (rows_scale != 1))
+        why = _compare(grad.reshape(e_grad.shape), e_grad, gb, careless, store)
+        if why:
+            found.append(Finding(entry.name, "reference", f"gradient: {why}", o.variant))
+    return found + vocab_agreement(entry, oks, edge_rows)
+
+
+def vocab_agreement(entry: EntryPoint, oks: list[Outcome], edge: np.ndarray | None) -> list[Finding]:
+    """check_agreement, but NaN placement is compared outside the reference's edge rows
+    (float32 intermediates beyond the dtype's range: there softmax_cross_entropy's own
+    backends give -inf in one and NaN in the other, on the whole rows too); threads
+    must still not change a bit anywhere."""
+    found = check_agreement(entry, [o for o in oks if o.variant in ("cpp", "threads=1")])
+    if edge is None or not edge.any():
+        return found + check_agreement(entry, [o for o in oks if o.variant != "threads=1"])
+    masked = []
+    for o in oks:
+        if o.variant == "threads=1":
+            continue
+        loss, grad = o.result
+        keep = ~edge.reshape(np.shape(loss))
+        res = LossResult((np.where(keep, loss, 0.0), None if grad is None else np.where(keep[..., None], grad, 0.0)))
+        masked.append(Outcome(o.variant, o.status, result=res))
+    return found + check_agreement(entry, masked)
+
+
+# ---------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------
 
@@ -2113,6 +2413,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
         EntryPoint("config", config_specs(), build_config, check_config, ("n", "name", "logits", "targets"),
                    capture=capture_loss, variants=lambda spec: ["given"], share=0.3),
         EntryPoint("linear", linear_specs(), build_linear, check_linear, LINEAR_ARGS, capture=capture_linear,
+                   variants=backend_variants),
+        EntryPoint("vocab_shards", vocab_specs(), build_vocab, check_vocab, VOCAB_ARGS, capture=capture_vocab,
                    variants=backend_variants),
     ]
 }
@@ -2442,7 +2744,7 @@ def parent_main(opts: argparse.Namespace) -> int:
     for sec in opts.section:
         v = stats.get(sec, {"cases": 0, "seconds": 0.0})
         rate = v["cases"] / v["seconds"] if v["seconds"] else 0.0
-        print(f"  {sec:10s} {int(v['cases']):7d} cases in {v['seconds']:6.1f} s = {rate:7.1f} cases/s")
+        print(f"  {sec:12s} {int(v['cases']):7d} cases in {v['seconds']:6.1f} s = {rate:7.1f} cases/s")
     print(f"  child restarts after a crash or hang: {restarts}")
     print(f"\nfindings: {len(by_key)}")
     for i, f in enumerate(by_key.values(), 1):

@@ -32,6 +32,12 @@ H = _RNG.standard_normal((N, 3)).astype(np.float32)  # linear_cross_entropy's in
 WL = _RNG.standard_normal((K, 3)).astype(np.float32)  # its linear_weight: K = 5 classes
 
 
+stats = fx.vocab_shard_statistics
+vgrad = fx.vocab_shard_gradient
+XS = X[:, 1:3]  # a vocabulary shard: the classes [1, 3) of the K = 5
+RS = np.zeros((N, 4))  # row statistics [M, log S, Q, D] of the N rows
+
+
 def x() -> np.ndarray:
     return X.copy()
 
@@ -91,6 +97,11 @@ def inplace_int16_targets_in_logits(b: str) -> Any:
     labels = a.view(np.int16)[0, :N]  # int16 labels in the logits' own memory
     labels[:] = [0, 1, 2, 3]
     return f(a, labels, inplace=True, backend=b)
+
+
+def vocab_out_in_row_stats(b: str) -> Any:
+    rs = np.zeros((N, 4), np.float32)  # float32 rows: the gradient pass reads them in place
+    return vgrad(XS, Y, rs, vocab_start=1, num_classes=K, out=rs[:, :2], backend=b)
 
 
 def sparse_reassigned(b: str) -> Any:
@@ -439,6 +450,132 @@ ERRORS: dict[str, tuple[Call, type[Exception], str]] = {
         lambda b: lce(H, WL, Y, return_grad=1, backend=b), TypeError, r"^return_grad: expected True or False"
     ),
     "linear-backend-bad": (lambda b: lce(H, WL, Y, backend="gpu"), ValueError, r"^backend: expected None"),
+    # fastxent.vocab_shards: XS the classes [1, 3) of X (vocab_start=1, num_classes=5), RS zero row statistics
+    "vocab-start-negative": (
+        lambda b: stats(XS, Y, vocab_start=-1, num_classes=K, backend=b),
+        ValueError,
+        r"^vocab_start: this shard's 2 classes from -1 must lie within the 5 classes \(expected 0 <= vocab_start <= 3\)",
+    ),
+    "vocab-start-beyond": (
+        lambda b: stats(XS, Y, vocab_start=4, num_classes=K, backend=b), ValueError, r"^vocab_start: this shard's 2 classes from 4"
+    ),
+    "vocab-start-float": (
+        lambda b: stats(XS, Y, vocab_start=1.0, num_classes=K, backend=b), TypeError, r"^vocab_start: expected an int, got float"
+    ),
+    "vocab-start-bool": (
+        lambda b: stats(XS, Y, vocab_start=True, num_classes=K, backend=b), TypeError, r"^vocab_start: expected an int, got bool"
+    ),
+    "vocab-num-classes-zero": (
+        lambda b: stats(XS, Y, vocab_start=1, num_classes=0, backend=b),
+        ValueError,
+        r"^num_classes: expected the number of classes of the whole vocabulary \(>= 1\), got 0",
+    ),
+    "vocab-num-classes-smaller": (
+        lambda b: vgrad(XS, Y, RS, vocab_start=0, num_classes=1, backend=b),
+        ValueError,
+        r"^num_classes: the whole vocabulary's 1 classes cannot hold this shard's 2 classes",
+    ),
+    "vocab-num-classes-float": (
+        lambda b: stats(XS, Y, vocab_start=1, num_classes=5.0, backend=b), TypeError, r"^num_classes: expected an int, got float"
+    ),
+    "vocab-label-beyond": (
+        lambda b: stats(XS, np.array([0, 1, 2, 5]), vocab_start=1, num_classes=K, backend=b),
+        IndexError,
+        r"^targets: class index 5 is out of range for 5 classes",
+    ),
+    "vocab-dense-targets-whole": (
+        lambda b: stats(XS, np.zeros((N, K), np.float32), vocab_start=1, num_classes=K, backend=b),
+        ValueError,
+        r"^targets: dense .* must have the logits' shape \(4, 2\), got \(4, 5\)",
+    ),
+    "vocab-weight-whole": (
+        lambda b: stats(XS, Y, vocab_start=1, num_classes=K, weight=np.ones(K), backend=b),
+        ValueError,
+        r"^weight: expected a real array of shape \(2,\)",
+    ),
+    "vocab-row-stats-rows": (
+        lambda b: vgrad(XS, Y, np.zeros((3, 4)), vocab_start=1, num_classes=K, backend=b),
+        ValueError,
+        r"^row_stats: expected shape \(4, 4\), got \(3, 4\)",
+    ),
+    "vocab-row-stats-width": (
+        lambda b: vgrad(XS, Y, np.zeros((N, 3)), vocab_start=1, num_classes=K, backend=b),
+        ValueError,
+        r"^row_stats: expected float row statistics of shape \(\.\.\., 4\), got \(4, 3\)",
+    ),
+    "vocab-row-stats-int": (
+        lambda b: vgrad(XS, Y, np.zeros((N, 4), np.int64), vocab_start=1, num_classes=K, backend=b),
+        ValueError,
+        r"^row_stats: expected float row statistics of shape \(\.\.\., 4\), got \(4, 4\) int64",
+    ),
+    "vocab-grad-scale-shape": (
+        lambda b: vgrad(XS, Y, RS, vocab_start=1, num_classes=K, grad_scale=np.ones(3), backend=b),
+        ValueError,
+        r"^grad_scale: expected a real scalar or shape \(4,\), got \(3,\)",
+    ),
+    "vocab-grad-scale-complex": (
+        lambda b: vgrad(XS, Y, RS, vocab_start=1, num_classes=K, grad_scale=1j, backend=b),
+        ValueError,
+        r"^grad_scale: expected a real scalar or shape \(4,\), got \(\) complex128",
+    ),
+    "vocab-out-in-row-stats": (vocab_out_in_row_stats, ValueError, r"^out: shares memory with an input \(row_stats or grad_scale\)"),
+    "vocab-ignored-shape": (
+        lambda b: fx.loss_from_row_statistics(RS, ignored=np.zeros(3, bool)),
+        ValueError,
+        r"^ignored: expected a bool mask of shape \(4,\), got \(3,\)",
+    ),
+    "vocab-ignored-int": (
+        lambda b: fx.loss_from_row_statistics(RS, ignored=np.zeros(N, np.int64)),
+        ValueError,
+        r"^ignored: expected a bool mask of shape \(4,\), got \(4,\) int64",
+    ),
+    "vocab-loss-stats-width": (
+        lambda b: fx.loss_from_row_statistics(np.zeros((N, 3))), ValueError, r"^row_stats: expected float row statistics"
+    ),
+    "vocab-loss-z-loss-negative": (
+        lambda b: fx.loss_from_row_statistics(RS, z_loss=-1.0), ValueError, r"^z_loss: expected a value in \[0\.0, inf\]"
+    ),
+    "vocab-row-max-shape": (
+        lambda b: fx.vocab_shard_partial_sums(RS, np.zeros(3)),
+        ValueError,
+        r"^row_max: expected shape \(4,\) \(one per row\), got \(3,\)",
+    ),
+    "vocab-row-max-complex": (
+        lambda b: fx.vocab_shard_partial_sums(RS, np.zeros(N, complex)),
+        ValueError,
+        r"^row_max: expected a real \(integer or float\) array, got dtype complex128",
+    ),
+    "vocab-shard-stats-width": (
+        lambda b: fx.vocab_shard_partial_sums(np.zeros((N, 5)), np.zeros(N)),
+        ValueError,
+        r"^shard_stats: expected float row statistics of shape \(\.\.\., 4\), got \(4, 5\)",
+    ),
+    "vocab-sums-shape": (
+        lambda b: fx.row_statistics_from_sums(np.zeros(N), np.zeros((N, 4))),
+        ValueError,
+        r"^sums: expected shape \(4, 3\) \(three per row\), got \(4, 4\)",
+    ),
+    "vocab-sums-string": (
+        lambda b: fx.row_statistics_from_sums(np.zeros(N), "abc"),
+        ValueError,
+        r"^sums: expected a real \(integer or float\) array, got dtype <U3",
+    ),
+    "vocab-dtype-int": (
+        lambda b: fx.row_statistics_from_sums(np.zeros(N), np.zeros((N, 3)), dtype=np.int64),
+        TypeError,
+        r"^dtype: expected the logits' float dtype \(float16, bfloat16, float32 or float64\), got int64",
+    ),
+    "vocab-combine-empty": (
+        lambda b: fx.combine_vocab_shard_statistics([]), ValueError, r"^shard_stats: expected the statistics of at least one shard"
+    ),
+    "vocab-combine-rows-differ": (
+        lambda b: fx.combine_vocab_shard_statistics([RS, RS[:3]]),
+        ValueError,
+        r"^shard_stats: every shard's statistics must have the same shape \(the same rows\), got \(3, 4\), \(4, 4\)",
+    ),
+    "vocab-combine-none": (
+        lambda b: fx.combine_vocab_shard_statistics(None), TypeError, r"^shard_stats: expected a sequence of the shards' statistics"
+    ),
 }
 
 

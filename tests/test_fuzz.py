@@ -101,3 +101,59 @@ def test_every_known_input_kind_is_drawn() -> None:
 
     draw()
     assert seen == set(kinds), sorted(set(kinds) - seen)
+
+
+def test_vocab_shards_oracle_rejects_a_wrong_combination_and_accepts_rounding() -> None:
+    """The vocab_shards section's reference: the shards' combined loss / gradient against
+    softmax_cross_entropy on the whole rows; 1e-4 off is caught, one ulp is not."""
+    import fastxent as fx
+
+    entry = fuzz_api.ENTRY_POINTS["vocab_shards"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    y = np.array([0, 4, 2])
+    args = {"logits": x, "targets": y, "cuts": [0, 1, 5], "num_classes": 5, "split": "index", "path": "list"}
+    loss, grad = fx.softmax_cross_entropy(x, y, reduction="none")
+
+    def outcome(loss_: np.ndarray, grad_: np.ndarray) -> fuzz_api.Outcome:
+        res = fuzz_api.LossResult((np.asarray(loss_, np.float64), np.asarray(grad_, np.float64)))
+        res.types = ""
+        return fuzz_api.Outcome("cpp", "ok", result=res, args=args)
+
+    close = outcome(np.nextafter(loss, np.inf), np.nextafter(grad, np.inf))
+    assert fuzz_api.check_vocab(entry, {"bad": None}, [close]) == []
+    far_loss = fuzz_api.check_vocab(entry, {"bad": None}, [outcome(loss * (1 + 1e-4), grad)])
+    assert [f.oracle for f in far_loss] == ["reference"], far_loss
+    far_grad = fuzz_api.check_vocab(entry, {"bad": None}, [outcome(loss, grad + 1e-4)])
+    assert [f.oracle for f in far_grad] == ["reference"], far_grad
+    nan_moved = grad.copy()
+    nan_moved[1, 2] = np.nan
+    assert fuzz_api.check_vocab(entry, {"bad": None}, [outcome(loss, nan_moved)])
+
+
+def test_vocab_shards_section_draws_its_cases() -> None:
+    """The vocab_shards strategy reaches 1-class shards, all -inf shard rows, NaN, dense
+    targets, every combining path, per-row grad_scale, out= and the options."""
+    from hypothesis import HealthCheck, given, settings
+
+    kinds = ("'sums'", "'stacked'", "'list'", "split='columns'", "split='index'", "split='csr'", "split='sparse'", "= -np.inf", "nan", "grad_scale=gs", "with_out=True",
+             "softcap=", "z_loss=", "label_smoothing=", "ignore_index=", "weight=w", "torch.from_numpy", "1-class shard",
+             "several shards", "bad call")
+    seen: set[str] = set()
+    entry = fuzz_api.ENTRY_POINTS["vocab_shards"]
+
+    @settings(max_examples=400, database=None, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(entry.strategy)
+    def draw(spec: dict) -> None:  # type: ignore[type-arg]
+        src = entry.build(spec).source()
+        seen.update(kind for kind in kinds if kind in src)
+        widths = np.diff(spec["cuts"])
+        if spec["bad"]:
+            seen.add("bad call")
+        elif len(widths) > 1:
+            seen.add("several shards")
+            if (widths == 1).any():
+                seen.add("1-class shard")
+
+    draw()
+    assert seen == set(kinds), sorted(set(kinds) - seen)

@@ -320,6 +320,8 @@ def _check_vocab_shard(vocab_shard: tuple[Any, Any], k: int) -> tuple[int, int]:
     start, total = check_int(vocab_shard[0], "vocab_start"), check_int(vocab_shard[1], "num_classes")
     if total < 1:
         raise ValueError(f"num_classes: expected the number of classes of the whole vocabulary (>= 1), got {total}")
+    if total < k:
+        raise ValueError(f"num_classes: the whole vocabulary's {total} classes cannot hold this shard's {k} classes")
     if start < 0 or start + k > total:
         raise ValueError(
             f"vocab_start: this shard's {k} classes from {start} must lie within the {total} classes "

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from . import api
-from ._checks import check_float, compute_dtype
+from ._checks import check_float, compute_dtype, is_float_like
+from ._layout import refuse_overlap
 from ._problem import prepare_loss
 
 __all__ = [
@@ -129,10 +130,35 @@ def vocab_shard_statistics(
 
 
 def _stats_array(stats: Any, name: str) -> np.ndarray:
-    a = np.asarray(stats)
+    try:
+        a = np.asarray(stats)
+    except (TypeError, ValueError) as exc:  # ragged nesting, unconvertible objects
+        raise ValueError(f"{name}: expected float row statistics of shape (..., {STATS_WIDTH}), got {type(stats).__name__}") from exc
     if a.ndim < 1 or a.shape[-1] != STATS_WIDTH or a.dtype.kind != "f":
         raise ValueError(f"{name}: expected float row statistics of shape (..., {STATS_WIDTH}), got {a.shape} {a.dtype}")
     return a
+
+
+def _real_array(values: Any, name: str) -> np.ndarray:
+    """values as float64, refusing what is not real numbers (a complex row max would
+    otherwise lose its imaginary part silently, a string fail without a name)."""
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a real array, got {type(values).__name__}") from exc
+    if a.dtype.kind not in "iuf" and not is_float_like(a.dtype):
+        raise ValueError(f"{name}: expected a real (integer or float) array, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt: np.dtype[Any] = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype: expected the logits' float dtype, got {dtype!r}") from exc
+    if not is_float_like(dt):
+        raise TypeError(f"dtype: expected the logits' float dtype (float16, bfloat16, float32 or float64), got {dt}")
+    return dt
 
 
 def vocab_shard_partial_sums(shard_stats: Any, row_max: Any) -> np.ndarray:
@@ -140,7 +166,7 @@ def vocab_shard_partial_sums(shard_stats: Any, row_max: Any) -> np.ndarray:
     (..., 3) float64 ``[S_r exp(m_r - M), Q_r, D_r + Q_r (ref_r - M)]``, to be summed
     across the shards (one all-reduce of 3N values)."""
     st = _stats_array(shard_stats, "shard_stats").astype(np.float64)
-    m = np.asarray(row_max, dtype=np.float64)
+    m = _real_array(row_max, "row_max")
     if m.shape != st.shape[:-1]:
         raise ValueError(f"row_max: expected shape {st.shape[:-1]} (one per row), got {m.shape}")
     with np.errstate(all="ignore"):
@@ -152,20 +178,34 @@ def row_statistics_from_sums(row_max: Any, sums: Any, *, dtype: Any = np.float32
     """The whole rows' statistics [M, log S, Q, D] (..., 4) float64 from the global row
     max and the summed partials of ``vocab_shard_partial_sums``. ``dtype``: the
     logits' compute dtype, in which a target mass must be finite."""
-    s = np.asarray(sums, dtype=np.float64)
-    m = np.asarray(row_max, dtype=np.float64)
+    m = _real_array(row_max, "row_max")
+    s = _real_array(sums, "sums")
+    c = compute_dtype(_float_dtype(dtype))
     if s.shape != m.shape + (3,):
         raise ValueError(f"sums: expected shape {m.shape + (3,)} (three per row), got {s.shape}")
     with np.errstate(all="ignore"):
-        out: np.ndarray = row_statistics(np, m, s, compute_dtype(np.dtype(dtype)))
+        out: np.ndarray = row_statistics(np, m, s, c)
     return out
 
 
 def combine_vocab_shard_statistics(shard_stats: Sequence[Any] | np.ndarray) -> np.ndarray:
     """The whole rows' statistics from every shard's (gathered: a sequence, or stacked
     on a leading axis); what the two all-reduces compute. float64 (..., 4)."""
-    stacked = np.stack([_stats_array(s, "shard_stats") for s in shard_stats]) if not isinstance(
-        shard_stats, np.ndarray) else _stats_array(shard_stats, "shard_stats")
+    if isinstance(shard_stats, np.ndarray):
+        stacked = _stats_array(shard_stats, "shard_stats")
+    else:
+        try:
+            shards = [_stats_array(s, "shard_stats") for s in shard_stats]
+        except TypeError as exc:  # not iterable
+            raise TypeError(f"shard_stats: expected a sequence of the shards' statistics, got {type(shard_stats).__name__}") from exc
+        if not shards:
+            raise ValueError("shard_stats: expected the statistics of at least one shard, got an empty sequence")
+        if len({s.shape for s in shards}) > 1:
+            raise ValueError(
+                "shard_stats: every shard's statistics must have the same shape (the same rows), got "
+                + ", ".join(sorted({str(s.shape) for s in shards}))
+            )
+        stacked = np.stack(shards)
     if stacked.ndim < 2 or stacked.shape[0] < 1:
         raise ValueError("shard_stats: expected the statistics of at least one shard")
     row_max = stacked[..., 0].astype(np.float64).max(axis=0)
@@ -185,7 +225,7 @@ def loss_from_row_statistics(row_stats: Any, *, z_loss: float = 0.0, ignored: An
         if mask.dtype != np.bool_ or mask.shape != st.shape[:-1]:
             raise ValueError(f"ignored: expected a bool mask of shape {st.shape[:-1]}, got {mask.shape} {mask.dtype}")
     with np.errstate(all="ignore"):
-        out: np.ndarray = row_losses(np, st, z, mask)
+        out: np.ndarray = np.asarray(row_losses(np, st, z, mask))  # (a 0-d array for one row, not a scalar)
     return out
 
 
@@ -226,8 +266,13 @@ def vocab_shard_gradient(
     scale = np.asarray(grad_scale)
     if scale.dtype.kind not in "iuf" or scale.shape not in ((), p.lead_shape):
         raise ValueError(f"grad_scale: expected a real scalar or shape {p.lead_shape}, got {scale.shape} {scale.dtype}")
+    if p.grad is not None and out is not None:
+        # row_stats may be read in place (float rows already contiguous): out must not
+        # overwrite the statistics of rows still to come, nor any other input
+        refuse_overlap(p.grad, [st, scale], "out: shares memory with an input (row_stats or grad_scale)")
     p.given_stats = np.ascontiguousarray(st.reshape(n, STATS_WIDTH), dtype=c)
-    p.row_grad_scale = np.ascontiguousarray(np.broadcast_to(scale.astype(c).reshape(-1), (n,)))
+    with np.errstate(over="ignore"):  # a scale beyond the compute dtype is inf there, as the math says
+        p.row_grad_scale = np.ascontiguousarray(np.broadcast_to(scale.astype(c).reshape(-1), (n,)))
     api._run(p, backend)
     assert p.grad_result is not None
     return p.grad_result
