@@ -21,14 +21,32 @@ namespace fastxent::FASTXENT_ISA_NAMESPACE {
 #include "schedule.inl"
 #include "entry_points.inl"
 
-template double run_loss<float>(const Problem<float>&);
-template double run_loss<double>(const Problem<double>&);
-template void run_rowwise<float>(RowOp, const float*, int64_t, int64_t, int64_t, float*, int64_t);
-template void run_rowwise<double>(RowOp, const double*, int64_t, int64_t, int64_t, double*, int64_t);
-template double run_loss<bfloat16>(const Problem<bfloat16>&);
-template double run_loss<float16>(const Problem<float16>&);
-template void run_rowwise<bfloat16>(RowOp, const bfloat16*, int64_t, int64_t, int64_t, bfloat16*, int64_t);
-template void run_rowwise<float16>(RowOp, const float16*, int64_t, int64_t, int64_t, float16*, int64_t);
+// cpp/CMakeLists.txt compiles each ISA's unit once per storage type (the
+// FASTXENT_UNIT_<type> macro says which), so that the build's compilers share the
+// work evenly; a unit compiled without one instantiates every type.
+#if !defined(FASTXENT_UNIT_float) && !defined(FASTXENT_UNIT_double) && !defined(FASTXENT_UNIT_bfloat16) && \
+    !defined(FASTXENT_UNIT_float16)
+#define FASTXENT_UNIT_float
+#define FASTXENT_UNIT_double
+#define FASTXENT_UNIT_bfloat16
+#define FASTXENT_UNIT_float16
+#endif
+#define FASTXENT_INSTANTIATE_(S)                                                              \
+  template double run_loss<S>(const Problem<S>&);                                             \
+  template void run_rowwise<S>(RowOp, const S*, int64_t, int64_t, int64_t, S*, int64_t);
+#ifdef FASTXENT_UNIT_float
+FASTXENT_INSTANTIATE_(float)
 template void run_exp<float>(const float*, float*, int64_t);
+#endif
+#ifdef FASTXENT_UNIT_double
+FASTXENT_INSTANTIATE_(double)
 template void run_exp<double>(const double*, double*, int64_t);
+#endif
+#ifdef FASTXENT_UNIT_bfloat16
+FASTXENT_INSTANTIATE_(bfloat16)
+#endif
+#ifdef FASTXENT_UNIT_float16
+FASTXENT_INSTANTIATE_(float16)
+#endif
+#undef FASTXENT_INSTANTIATE_
 }  // namespace fastxent::FASTXENT_ISA_NAMESPACE
