@@ -246,6 +246,34 @@ void vector_exp(const std::string& isa_name, py::array x, py::array out) {
   throw py::type_error("x: internal: expected float32 or float64");
 }
 
+// The benchmarks' memory floor (fastxent.hpp): g = x + y, or g = -x when y is None,
+// over C-contiguous (N, K) arrays of one dtype (float32 or float64).
+template <class T>
+void floor_impl(const py::array& x, const py::object& y, py::array& g) {
+  auto check = [&](const py::array& a, const char* name) {
+    if (!is_dtype<T>(a) || a.ndim() != 2 || a.shape(0) != x.shape(0) || a.shape(1) != x.shape(1) ||
+        !(a.flags() & py::array::c_style))
+      throw py::value_error(std::string(name) + ": internal: expected a C-contiguous array of x's shape and dtype");
+  };
+  check(x, "x");
+  check(g, "g");
+  const T* yp = nullptr;
+  if (!y.is_none()) {
+    py::array ya = y;
+    check(ya, "y");
+    yp = static_cast<const T*>(ya.data());
+  }
+  T* gp = mutable_data<T>(g, "g");
+  py::gil_scoped_release release;
+  fastxent::memory_floor<T>(static_cast<const T*>(x.data()), yp, gp, x.shape(0), x.shape(1));
+}
+
+void memory_floor(const py::array& x, const py::object& y, py::array g) {
+  if (is_dtype<float>(x)) return floor_impl<float>(x, y, g);
+  if (is_dtype<double>(x)) return floor_impl<double>(x, y, g);
+  throw py::type_error("x: internal: expected float32 or float64");
+}
+
 py::dict info() {
   py::dict d;
   d["simd"] = fastxent::isa_name(fastxent::active_isa());
@@ -283,6 +311,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("loss", &loss);
   m.def("rowwise", &rowwise);
   m.def("vector_exp", &vector_exp);
+  m.def("memory_floor", &memory_floor);
   m.def("info", &info);
   m.def("xla_ffi_targets", &xla_ffi_targets);
   m.def("set_num_threads", [](int n) { fastxent::set_num_threads(n); });

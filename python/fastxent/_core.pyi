@@ -21,6 +21,10 @@ def rowwise(op: str, x: np.ndarray, out: np.ndarray) -> None:
 def vector_exp(isa: str, x: np.ndarray, out: np.ndarray) -> None:
     """Element-wise exp with one SIMD variant's vector exp (for accuracy tests)."""
 
+def memory_floor(x: np.ndarray, y: np.ndarray | None, g: np.ndarray) -> None:
+    """The benchmarks' memory floor: g = x + y (or g = -x when y is None) on the
+    thread pool, as the kernel splits the same rows (C-contiguous float32/float64)."""
+
 def info() -> dict[str, Any]:
     """simd, best_simd, supported_simd, all_simd, num_threads, compiler."""
 

@@ -20,6 +20,7 @@ namespace fastxent::FASTXENT_ISA_NAMESPACE {
 #include "targets.inl"
 #include "schedule.inl"
 #include "entry_points.inl"
+#include "floor.inl"
 
 template double run_loss<float>(const Problem<float>&);
 template double run_loss<double>(const Problem<double>&);
@@ -31,4 +32,6 @@ template void run_rowwise<bfloat16>(RowOp, const bfloat16*, int64_t, int64_t, in
 template void run_rowwise<float16>(RowOp, const float16*, int64_t, int64_t, int64_t, float16*, int64_t);
 template void run_exp<float>(const float*, float*, int64_t);
 template void run_exp<double>(const double*, double*, int64_t);
+template void run_floor<float>(const float*, const float*, float*, int64_t, int64_t);
+template void run_floor<double>(const double*, const double*, double*, int64_t, int64_t);
 }  // namespace fastxent::FASTXENT_ISA_NAMESPACE
