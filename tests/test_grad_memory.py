@@ -26,8 +26,10 @@ MIB = 1 << 20
 
 @pytest.fixture
 def limit() -> Iterator[int]:
-    """Runs the test with a 16 MiB cache, then restores the default."""
+    """Runs the test with an empty 16 MiB cache (blocks earlier tests freed are
+    dropped first), then restores the limit."""
     before = _core.grad_cache_info()["limit_bytes"]
+    _core.set_grad_cache_limit(0)
     _core.set_grad_cache_limit(16 * MIB)
     try:
         yield 16 * MIB

@@ -282,6 +282,7 @@ def _floor(x: np.ndarray, y: np.ndarray | None) -> list[Contender]:
             np.negative(x)
 
     def floor() -> None:
+        assert mt is not None
         mt(x, y, g)
 
     if mt is not None:

@@ -182,7 +182,7 @@ def run_case(case: Case, repeats: int, warmup: int, burst: int = BURST) -> list[
             row.update(
                 median_ms=ms, min_ms=1e3 * min(times[c.name]), cold_ms=median_ms(cold[c.name]),
                 repeats=len(times[c.name]), vs_floor=None if floor_ms is None else ms / floor_ms,
-                vs_numpy=None if np_same.get(c.name) is None else ms / np_same[c.name],
+                vs_numpy=None if (np_ms := np_same.get(c.name)) is None else ms / np_ms,
                 fastxent_speedup=None if ref_ms is None else ms / ref_ms,
                 peak_bytes=peak, extra_nk_arrays=None if peak is None else peak / nk_bytes,
                 mem_method=method, loss=loss,
