@@ -159,15 +159,19 @@ void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Si
   state.counters["loss"] = got;
   // Side by side: the floor of the same bytes (dense: g = x + y, else g = -x; loss
   // only: the floor without the write is not defined, so the gradient's floor), the
-  // median of 5 warm calls right after the kernel's, and the ratio.
+  // median of warm calls right after the kernel's (at least 5, about 50 ms of them:
+  // a small floor's single calls are dominated by noise), and the ratio.
   {
     const T* y = kind == Kind::dense ? d.y.data() : nullptr;
-    std::vector<double> ts;
-    for (int r = 0; r < 6; ++r) {
+    auto once = [&] {
       const auto f0 = std::chrono::steady_clock::now();
       fx::memory_floor<T>(d.x.data(), y, d.g.data(), d.n, d.k);
-      if (r > 0) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count());
-    }
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+    };
+    const double first = once();
+    const int reps = static_cast<int>(std::min(2000.0, std::max(5.0, 0.05 / std::max(first, 1e-7))));
+    std::vector<double> ts;
+    for (int r = 0; r < reps; ++r) ts.push_back(once());
     std::sort(ts.begin(), ts.end());
     state.counters["floor_ms"] = 1e3 * ts[ts.size() / 2];
     state.counters["x_floor"] = per_call / ts[ts.size() / 2];
