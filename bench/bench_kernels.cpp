@@ -1,17 +1,19 @@
 // Google Benchmark over the kernels themselves (no Python): every SIMD variant this
 // CPU supports x float/double x target kind x size x thread count, with the bytes
-// each call must move reported as bytes/second, next to a plain "read x (and y),
-// write g" loop that moves the same bytes (the memory floor).
+// each call must move reported as bytes/second, next to fastxent::memory_floor, which
+// moves the same bytes ("read x (and y), write g") on the same thread pool (the floor).
 //
 //   bench_kernels [--fx_sizes=256x1000,2048x32000] [--fx_threads=1,2] [benchmark flags]
 //
 // Names: xent/<isa>/<dtype>/<target>[/loss_only]/<N>x<K>/threads:<T> and
-// floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T>. Before timing, each case
+// floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T>. Every xent case also reports
+// x_floor: its time over the floor's (floor_ms, timed right after it, same threads). Before timing, each case
 // checks its loss against the generic variant's: a wrong kernel is reported as an
 // error instead of a time, and the exit status is 1.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -20,7 +22,7 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
+#include <thread>  // hardware_concurrency
 #include <tuple>
 #include <vector>
 
@@ -148,42 +150,51 @@ void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Si
     fx::set_active_isa(fx::best_supported_isa());
     return;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) benchmark::DoNotOptimize(fx::softmax_cross_entropy(p));
+  const double per_call = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                          double(std::max<benchmark::IterationCount>(1, state.iterations()));
   state.SetBytesProcessed(state.iterations() * d.bytes(kind, with_grad));
   state.SetItemsProcessed(state.iterations() * size.n * size.k);
   state.counters["loss"] = got;
+  // Side by side: the floor of the same bytes (dense: g = x + y, else g = -x; loss
+  // only: the floor without the write is not defined, so the gradient's floor), the
+  // median of warm calls right after the kernel's (at least 5, about 50 ms of them:
+  // a small floor's single calls are dominated by noise), and the ratio.
+  {
+    const T* y = kind == Kind::dense ? d.y.data() : nullptr;
+    auto once = [&] {
+      const auto f0 = std::chrono::steady_clock::now();
+      fx::memory_floor<T>(d.x.data(), y, d.g.data(), d.n, d.k);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+    };
+    const double first = once();
+    const int reps = static_cast<int>(std::min(2000.0, std::max(5.0, 0.05 / std::max(first, 1e-7))));
+    std::vector<double> ts;
+    for (int r = 0; r < reps; ++r) ts.push_back(once());
+    std::sort(ts.begin(), ts.end());
+    state.counters["floor_ms"] = 1e3 * ts[ts.size() / 2];
+    state.counters["x_floor"] = per_call / ts[ts.size() / 2];
+  }
   fx::set_active_isa(fx::best_supported_isa());
 }
 
 // The memory floor: g = x + y (dense targets) or g = -x (index/sparse targets),
-// rows split over `threads` std::threads started per call (their start-up cost,
-// tens of microseconds, is noise next to the large sizes this floor is for).
+// fastxent::memory_floor: the same rows split over fastxent's own thread pool as the
+// kernel splits them, with the same vectors and store policy (streaming stores for
+// large gradients). A ratio to it is the kernel's cost beyond moving its bytes.
 template <class T>
 void bm_floor(benchmark::State& state, bool read_y, Size size, int threads) {
   Data<T>& d = data_for<T>(size);
-  auto body = [&d, read_y](int64_t r0, int64_t r1) {
-    const T* x = d.x.data();
-    const T* y = d.y.data();
-    T* g = d.g.data();
-    const int64_t b = r0 * d.k, e = r1 * d.k;
-    if (read_y)
-      for (int64_t i = b; i < e; ++i) g[i] = x[i] + y[i];
-    else
-      for (int64_t i = b; i < e; ++i) g[i] = -x[i];
-  };
+  fx::set_num_threads(threads);
+  const T* y = read_y ? d.y.data() : nullptr;
   for (auto _ : state) {
-    if (threads <= 1) {
-      body(0, d.n);
-    } else {
-      std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back(body, d.n * t / threads, d.n * (t + 1) / threads);
-      for (auto& th : pool) th.join();
-    }
+    fx::memory_floor<T>(d.x.data(), y, d.g.data(), d.n, d.k);
     benchmark::ClobberMemory();
   }
   const int64_t nk = size.n * size.k * int64_t(sizeof(T));
   state.SetBytesProcessed(state.iterations() * (read_y ? 3 : 2) * nk);
+  state.SetItemsProcessed(state.iterations() * size.n * size.k);
 }
 
 std::vector<Size> parse_sizes(const std::string& s) {

@@ -47,6 +47,7 @@ struct Entries {
   double (*loss)(const Problem<T>&);
   void (*rowwise)(RowOp, const T*, int64_t, int64_t, int64_t, T*, int64_t);
   void (*exp)(const T*, T*, int64_t);  // nullptr for the 16-bit types
+  void (*floor)(const T*, const T*, T*, int64_t, int64_t);  // nullptr for the 16-bit types
 };
 
 template <class T>
@@ -55,16 +56,17 @@ Entries<T> entries(Isa isa) {
 #define FASTXENT_ENTRIES_CASE_(name)                                                               \
   case Isa::name:                                                                                  \
     if constexpr (isa_built(Isa::name)) {                                                          \
-      if constexpr (is_16bit_v<T>) return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, nullptr}; \
-      else return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, &name##_isa::run_exp<T>};       \
+      if constexpr (is_16bit_v<T>) return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, nullptr, nullptr}; \
+      else return {&name##_isa::run_loss<T>, &name##_isa::run_rowwise<T>, &name##_isa::run_exp<T>,        \
+                   &name##_isa::run_floor<T>};                                                     \
     }                                                                                              \
     break;
     FASTXENT_ISA_TABLE(FASTXENT_ENTRIES_CASE_)
 #undef FASTXENT_ENTRIES_CASE_
   }
   // A variant this build lacks is never active (cpu_has is false for it).
-  if constexpr (is_16bit_v<T>) return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, nullptr};
-  else return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, &generic_isa::run_exp<T>};
+  if constexpr (is_16bit_v<T>) return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, nullptr, nullptr};
+  else return {&generic_isa::run_loss<T>, &generic_isa::run_rowwise<T>, &generic_isa::run_exp<T>, &generic_isa::run_floor<T>};
 }
 
 }  // namespace
@@ -127,6 +129,11 @@ void vector_exp(Isa isa, const T* x, T* out, int64_t n) {
   entries<T>(isa).exp(x, out, n);
 }
 
+template <class T>
+void memory_floor(const T* x, const T* y, T* g, int64_t rows, int64_t classes) {
+  entries<T>(active_isa()).floor(x, y, g, rows, classes);
+}
+
 template double softmax_cross_entropy<float>(const Problem<float>&);
 template double softmax_cross_entropy<double>(const Problem<double>&);
 template void rowwise<float>(RowOp, const float*, int64_t, int64_t, int64_t, float*, int64_t);
@@ -137,5 +144,7 @@ template void rowwise<bfloat16>(RowOp, const bfloat16*, int64_t, int64_t, int64_
 template void rowwise<float16>(RowOp, const float16*, int64_t, int64_t, int64_t, float16*, int64_t);
 template void vector_exp<float>(Isa, const float*, float*, int64_t);
 template void vector_exp<double>(Isa, const double*, double*, int64_t);
+template void memory_floor<float>(const float*, const float*, float*, int64_t, int64_t);
+template void memory_floor<double>(const double*, const double*, double*, int64_t, int64_t);
 
 }  // namespace fastxent

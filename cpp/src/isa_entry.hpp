@@ -1,4 +1,4 @@
-// The entry points every ISA variant provides (kernel/entry_points.inl), declared
+// The entry points every ISA variant provides (kernel/entry_points.inl, kernel/floor.inl), declared
 // for each variant of FASTXENT_ISA_TABLE; dispatch.cpp picks one per call.
 #pragma once
 #include <cstdint>
@@ -27,6 +27,7 @@ constexpr bool isa_built(Isa isa) {
   void run_rowwise(RowOp op, const T* x, int64_t rows, int64_t classes, int64_t xs,       \
                    T* out, int64_t os);                                                   \
   template <class T> void run_exp(const T* x, T* out, int64_t n);                         \
+  template <class T> void run_floor(const T* x, const T* y, T* g, int64_t rows, int64_t classes); \
   }
 FASTXENT_ISA_TABLE(FASTXENT_DECLARE_ISA_)
 #undef FASTXENT_DECLARE_ISA_

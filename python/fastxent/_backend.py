@@ -7,6 +7,8 @@ import warnings
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from ._checks import check_int, describe
 from ._version import __version__
 
@@ -93,6 +95,26 @@ def set_simd(name: str | None) -> None:
     core.set_simd(name if name is not None else info["best_simd"])
 
 
+# Gradients of at least this many bytes come from the compiled extension's block
+# cache (python/_core.cpp, docs/spec.md#gradient-memory); smaller ones from np.empty.
+_GRAD_CACHE_MIN_BYTES = None if _core is None else int(_core.grad_cache_info()["min_bytes"])
+
+
+def empty_grad(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A fresh C-contiguous array for a gradient fastxent returns: from the block
+    cache when large and the extension is there, else np.empty. No live array ever
+    shares its memory."""
+    if _GRAD_CACHE_MIN_BYTES is not None:
+        count = 1
+        for d in shape:
+            count *= d
+        if count * dtype.itemsize >= _GRAD_CACHE_MIN_BYTES:
+            assert _core is not None
+            out: np.ndarray = _core.empty_grad(shape, dtype)
+            return out
+    return np.empty(shape, dtype=dtype)
+
+
 def _apply_environment() -> None:
     # FASTXENT_SIMD / FASTXENT_NUM_THREADS are read by the C++ side at first use;
     # an unsupported FASTXENT_SIMD there silently means "best", so say so here.
@@ -101,6 +123,14 @@ def _apply_environment() -> None:
         warnings.warn(
             f"FASTXENT_SIMD={wanted!r} is not supported here "
             f"(supported: {_core.info()['supported_simd']}); using {_core.info()['simd']!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    cache_mb = os.environ.get("FASTXENT_GRAD_CACHE_MB")
+    if _core is not None and cache_mb is not None and not cache_mb.isdigit():
+        warnings.warn(
+            f"FASTXENT_GRAD_CACHE_MB={cache_mb!r} is not a non-negative integer (MiB); "
+            f"using {_core.grad_cache_info()['limit_bytes'] >> 20}",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -21,6 +21,20 @@ def rowwise(op: str, x: np.ndarray, out: np.ndarray) -> None:
 def vector_exp(isa: str, x: np.ndarray, out: np.ndarray) -> None:
     """Element-wise exp with one SIMD variant's vector exp (for accuracy tests)."""
 
+def memory_floor(x: np.ndarray, y: np.ndarray | None, g: np.ndarray) -> None:
+    """The benchmarks' memory floor: g = x + y (or g = -x when y is None) on the
+    thread pool, as the kernel splits the same rows (C-contiguous float32/float64)."""
+
+def empty_grad(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous array for a gradient: large ones from the bounded block cache
+    (its base is a capsule that returns the block when the array dies)."""
+
+def grad_cache_info() -> dict[str, int]:
+    """limit_bytes, cached_bytes, cached_blocks, hits, misses, min_bytes."""
+
+def set_grad_cache_limit(nbytes: int) -> None:
+    """At most this many bytes of freed blocks kept (0: none); trims at once."""
+
 def info() -> dict[str, Any]:
     """simd, best_simd, supported_simd, all_simd, num_threads, compiler."""
 

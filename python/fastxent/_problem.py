@@ -28,6 +28,7 @@ from ._checks import (
     is_float_like,
     normalize_axis,
 )
+from ._backend import empty_grad
 from ._layout import canonical, refuse_overlap, rows_view, writable_rows_view
 from .sparse import SparseTargets, is_scipy_sparse
 
@@ -167,7 +168,7 @@ def _fast_problem(
     else:
         return None
     if out is None:
-        out = np.empty((n, k), dtype=dtype)
+        out = empty_grad((n, k), dtype)
     elif not (
         out.dtype is dtype and out.shape == (n, k) and out.flags.c_contiguous and out.flags.aligned
         and out.flags.writeable and not np.may_share_memory(out, logits) and not np.may_share_memory(out, targets)
@@ -377,7 +378,7 @@ def _general_problem(
     else:
         rows = rows_view(x, ax)
         if return_grad and out is None:
-            moved = np.empty(lead_shape + (k,), dtype=x.dtype)
+            moved = empty_grad(lead_shape + (k,), x.dtype)
             grad = canonical(moved.reshape(-1, k))
             grad_result = np.moveaxis(moved, -1, ax) if ax != x.ndim - 1 else moved
         elif return_grad:

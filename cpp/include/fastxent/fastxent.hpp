@@ -239,4 +239,12 @@ void set_num_threads(int n);
 template <class T>
 void vector_exp(Isa isa, const T* x, T* out, int64_t n);
 
+// The memory floor of a call, for benchmarks (not a kernel): g = x + y (y non-null:
+// the bytes of dense targets) or g = -x (y == nullptr: class indices) over `rows`
+// rows of `classes` contiguous values (row stride = classes), split across
+// fastxent's thread pool as the kernel splits the same rows, with the active
+// variant's vectors and the kernel's store policy. float and double.
+template <class T>
+void memory_floor(const T* x, const T* y, T* g, int64_t rows, int64_t classes);
+
 }  // namespace fastxent

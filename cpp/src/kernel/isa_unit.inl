@@ -20,6 +20,7 @@ namespace fastxent::FASTXENT_ISA_NAMESPACE {
 #include "targets.inl"
 #include "schedule.inl"
 #include "entry_points.inl"
+#include "floor.inl"
 
 // cpp/CMakeLists.txt compiles each ISA's unit once per storage type (the
 // FASTXENT_UNIT_<type> macro says which), so that the build's compilers share the
@@ -37,10 +38,12 @@ namespace fastxent::FASTXENT_ISA_NAMESPACE {
 #ifdef FASTXENT_UNIT_float
 FASTXENT_INSTANTIATE_(float)
 template void run_exp<float>(const float*, float*, int64_t);
+template void run_floor<float>(const float*, const float*, float*, int64_t, int64_t);
 #endif
 #ifdef FASTXENT_UNIT_double
 FASTXENT_INSTANTIATE_(double)
 template void run_exp<double>(const double*, double*, int64_t);
+template void run_floor<double>(const double*, const double*, double*, int64_t, int64_t);
 #endif
 #ifdef FASTXENT_UNIT_bfloat16
 FASTXENT_INSTANTIATE_(bfloat16)

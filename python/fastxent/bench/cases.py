@@ -4,9 +4,15 @@ Contenders of the main cases (N x K logits, mean reduction, loss + gradient):
   fastxent        fx.softmax_cross_entropy(x, y, out=g): gradient into a preallocated g
   fastxent_alloc  fx.softmax_cross_entropy(x, y): allocates the gradient (the reference
                   for the speedups: every other contender allocates its gradient too)
-  floor           the bytes the fused kernel must move, moved by NumPy: dense targets
-                  np.add(x, y, out=g) (read x, read y, write g); integer and sparse
-                  targets np.negative(x, out=g) (read x, write g)
+  floor           the bytes the fused kernel must move, moved on fastxent's own thread
+                  pool (fastxent._core.memory_floor: the same rows split the same way,
+                  the kernel's store policy): dense targets g = x + y (read x, read y,
+                  write g); integer and sparse targets g = -x (read x, write g). Every
+                  fastxent timing is reported as a ratio to it.
+  np_floor        the same bytes moved by NumPy: np.add(x, y, out=g) / np.negative(x, out=g)
+                  (one thread)
+  np_alloc        np.add(x, y) / np.negative(x), allocating g: what fastxent_alloc is
+                  compared with
   numpy           a straightforward NumPy version: max shift, exp, sum, log, gradient
   torch           F.cross_entropy forward + backward (probability targets / class indices)
   jax             jax.jit(jax.value_and_grad(optax.softmax_cross_entropy(...).mean()))
@@ -234,24 +240,61 @@ def _fx_contenders(x: np.ndarray, targets: Any, name: str = "fastxent", what: st
     ]
 
 
-def _floor(x: np.ndarray, y: np.ndarray | None) -> Contender:
-    if x.dtype.itemsize == 2:
+FLOORS = ("floor", "np_floor", "np_alloc")  # the contenders that move bytes and compute no loss
+
+
+def _mt_floor() -> Any:
+    """fastxent's multi-threaded floor (_core.memory_floor), or None with the NumPy twin."""
+    try:
+        from fastxent import _core
+    except ImportError:
+        return None
+    return getattr(_core, "memory_floor", None)
+
+
+def _floor(x: np.ndarray, y: np.ndarray | None) -> list[Contender]:
+    """The floors of the case's bytes (dense: read x, read y, write g; else read x,
+    write g): `floor` on fastxent's thread pool with the kernel's split and store policy
+    (the limit every fastxent timing is a ratio to), `np_floor` NumPy's ufunc into g
+    (one thread), `np_alloc` the same ufunc allocating g (what an allocating call is
+    compared with)."""
+    sixteen = x.dtype.itemsize == 2
+    if sixteen:
         # 16-bit: NumPy computes float16 through float32 and bfloat16 in a slow cast loop;
         # the floor is the bytes moved, so they move as int16
         x = x.view(np.int16)
         y = None if y is None else y.view(np.int16)
     g = np.empty_like(x)
+    mt = None if sixteen else _mt_floor()
+    what = "x + y" if y is not None else "-x"
+    np_name = "add" if y is not None else "negative"
 
-    def add() -> None:
-        assert y is not None
-        np.add(x, y, out=g)
+    def np_out() -> None:
+        if y is not None:
+            np.add(x, y, out=g)
+        else:
+            np.negative(x, out=g)
 
-    def negative() -> None:
-        np.negative(x, out=g)
+    def np_new() -> None:
+        if y is not None:
+            np.add(x, y)
+        else:
+            np.negative(x)
 
-    if y is not None:
-        return Contender("floor", "floor np.add(x, y, out=g)", add)
-    return Contender("floor", "floor np.negative(x, out=g)", negative)
+    def floor() -> None:
+        assert mt is not None
+        mt(x, y, g)
+
+    if mt is not None:
+        first = Contender("floor", f"floor g = {what} on fastxent's threads (fastxent._core.memory_floor)", floor)
+    else:
+        why = "16-bit" if sixteen else "no compiled extension"
+        first = Contender("floor", f"floor np.{np_name}(..., out=g) (one thread: {why})", np_out)
+    return [
+        first,
+        Contender("np_floor", f"np.{np_name}(..., out=g)", np_out),
+        Contender("np_alloc", f"np.{np_name}(...) allocating", np_new),
+    ]
 
 
 def main_case(n: int, k: int, dtype: str, target: str, threads: int) -> Case:
@@ -272,7 +315,7 @@ def main_case(n: int, k: int, dtype: str, target: str, threads: int) -> Case:
             numpy = Contender("numpy", "plain NumPy", lambda: plain_numpy(x, y)[0])
         contenders = [
             *_fx_contenders(x, y),
-            _floor(x, None if integer else y),
+            *_floor(x, None if integer else y),
             numpy,
             _torch_contender(x, y, f"torch F.cross_entropy fwd+bwd ({torch_targets})"),
             _jax_contender(x, y, integer, threads),
@@ -294,7 +337,7 @@ def sparse_vs_dense_case(n: int, k: int, threads: int) -> Case:
         return [
             _fx_contenders(x, sp, what=" SparseTargets")[0],
             _fx_contenders(x, y, "fastxent_dense", " same targets dense")[0],
-            _floor(x, None),
+            _floor(x, None)[0],
         ]
 
     return Case(f"sparse1%/{n}x{k}/float32/t{threads}", "sparse_vs_dense", n, k, "float32", "sparse",
@@ -306,7 +349,7 @@ def multilabel_case(n: int, k: int, threads: int) -> Case:
         x, y, sp = _multi_label_inputs(2, n, k, MULTILABEL_LABELS)
         return [
             *_fx_contenders(x, sp, what=" SparseTargets"),
-            _floor(x, None),
+            _floor(x, None)[0],
             _torch_contender(x, y, "torch F.cross_entropy fwd+bwd (dense probability targets)"),
         ]
 

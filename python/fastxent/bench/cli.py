@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_parse_threads, default=None, help="e.g. 1,all (default)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 7; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2; quick 1)")
+    p.add_argument("--burst", type=int, default=None,
+                   help="warm calls timed back to back per contender per round, after its cold call (default 3; quick 1)")
     p.add_argument("--only", action="append", default=[], help="run only cases whose name contains this (repeatable)")
     p.add_argument("--no-extra", action="store_true", help="skip the sparse, multi-label and training-step rows")
     p.add_argument("--no-plot", action="store_true")
@@ -95,8 +97,9 @@ def suite(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    if args.repeats < 1 or args.warmup < 0:
-        print("--repeats must be >= 1 and --warmup >= 0", file=sys.stderr)
+    args.burst = args.burst if args.burst is not None else (1 if args.quick else measure.BURST)
+    if args.repeats < 1 or args.warmup < 0 or args.burst < 1:
+        print("--repeats and --burst must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     selected = cases.make_cases(
         sizes=args.sizes or _parse_sizes(cases.QUICK_SIZES if args.quick else cases.DEFAULT_SIZES),
@@ -109,22 +112,24 @@ def suite(argv: list[str]) -> int:
 
     info = fx.backend_info()
     _log(f"fastxent {info['version']} backend={info['backend']} simd={info.get('simd')}; "
-         f"{len(selected)} cases, {args.repeats} repeats after {args.warmup} warm-up, round-robin")
+         f"{len(selected)} cases, {args.repeats} rounds x (1 cold + {args.burst} warm calls) after {args.warmup} "
+         "warm-up, round-robin")
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     try:
         for i, case in enumerate(selected, 1):
             _log(f"[{i}/{len(selected)}] {case.name} ({time.perf_counter() - start:.0f}s)")
-            case_rows = measure.run_case(case, args.repeats, args.warmup)
+            case_rows = measure.run_case(case, args.repeats, args.warmup, args.burst)
             _log(report.progress_line(case_rows))
             rows += case_rows
     finally:
         fx.set_num_threads(None)
     references = {c.group: c.reference for c in selected}
 
+    print(report.machine_line())
     print(report.format_table(rows, references))
     print(report.LEGEND)
-    written = report.write_results(args.out, rows, references, report.meta(args.repeats, args.warmup),
+    written = report.write_results(args.out, rows, references, report.meta(args.repeats, args.warmup, args.burst),
                                    plot=not args.no_plot)
     print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - start:.0f}s)")
     bad = measure.loss_mismatches(rows)

@@ -1,9 +1,13 @@
 """How the benchmark measures: timing, warm-up, medians, peak memory, loss agreement.
 
 Every case times its contenders round-robin (repeat r runs them all, starting at a
-rotating position), so a noisy neighbour slows every contender of a case alike,
-after a pause that lets other frameworks' worker threads fall asleep, with the
-garbage collector off, and reports medians. Each contender is also checked to
+rotating position), so a noisy neighbour slows every contender of a case alike, with
+the garbage collector off, and reports medians. In its turn a contender gets a pause
+(other frameworks' worker threads fall asleep), one call timed as the COLD sample
+(after the pause), then `burst` back-to-back calls timed as WARM samples: what
+`timeit` of the same call measures, and what a training loop calling the loss step
+after step sees. The tables report the warm median; the cold one is in the CSV/JSON
+(`cold_ms`) and in the fx_alloc cold column. Each contender is also checked to
 compute the same loss as the case's reference call (exit status 1 if one does not):
 a speedup is only worth printing when both sides compute the same thing.
 
@@ -33,7 +37,8 @@ import fastxent as fx
 
 from .cases import Case, Contender, loaded
 
-SETTLE_S = 0.05  # pause before every timed call of a case: see time_round_robin
+SETTLE_S = 0.05  # pause before each contender's turn in a round: see time_warm_cold
+BURST = 3  # warm (back-to-back) calls timed per contender per round
 # Loss agreement between contenders: different summation orders give a relative
 # difference of a few eps * log(K) for the mean loss; these bounds are far above that
 # and far below any real disagreement (a wrong normalisation is a factor, not 1e-4).
@@ -83,6 +88,37 @@ def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, wa
     return times
 
 
+def time_warm_cold(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int, *, burst: int = BURST,
+                   settle_s: float = SETTLE_S) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(warm, cold) seconds of each call: `warmup` untimed rounds of every call first,
+    then `repeats` rounds, round r starting at call r; in a round each call gets a
+    `settle_s` pause, one timed call (cold: after the pause) and `burst` timed calls
+    back to back (warm)."""
+    names = list(calls)
+    warm: dict[str, list[float]] = {name: [] for name in names}
+    cold: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    for r in range(repeats):
+        start = r % len(names) if names else 0
+        for name in names[start:] + names[:start]:
+            fn = calls[name]
+            if settle_s:
+                # PyTorch's OpenMP and JAX's Eigen workers keep spinning for a while
+                # after their calls; timed right after them, fastxent's second thread
+                # would share its core with a spinner. Let them sleep.
+                time.sleep(settle_s)
+            t0 = time.perf_counter()
+            fn()
+            cold[name].append(time.perf_counter() - t0)
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                fn()
+                warm[name].append(time.perf_counter() - t0)
+    return warm, cold
+
+
 def median_ms(seconds: list[float]) -> float:
     return 1e3 * float(np.median(seconds))
 
@@ -116,15 +152,15 @@ def _peak_bytes(c: Contender) -> tuple[float | None, Any, str]:
         return None, c.fn(), "n/a"
 
 
-def run_case(case: Case, repeats: int, warmup: int) -> list[dict[str, Any]]:
+def run_case(case: Case, repeats: int, warmup: int, burst: int = BURST) -> list[dict[str, Any]]:
     """One result row per contender of `case` (n/a contenders included, untimed)."""
     contenders = case.build()  # first: it imports torch, whose threads are set next
     set_threads(case.threads)
     live = [c for c in contenders if c.fn is not None]
     with _no_gc():
-        times = time_round_robin({c.name: c.fn for c in live if c.fn is not None}, repeats, warmup,
-                                 rotate=True, settle_s=SETTLE_S)
+        times, cold = time_warm_cold({c.name: c.fn for c in live if c.fn is not None}, repeats, warmup, burst=burst)
     medians = {name: median_ms(ts) for name, ts in times.items()}
+    np_same = {"fastxent": medians.get("np_floor"), "fastxent_alloc": medians.get("np_alloc")}
     mem: dict[str, tuple[float | None, Any, str]] = {c.name: _peak_bytes(c) for c in live}
     losses = {name: (None if m[1] is None else float(m[1])) for name, m in mem.items()}
     ref_ms, floor_ms, ref_loss = medians.get(case.reference), medians.get("floor"), losses.get(case.reference)
@@ -134,7 +170,8 @@ def run_case(case: Case, repeats: int, warmup: int) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "case": case.name, "group": case.group, "n": case.n, "k": case.k, "dtype": case.dtype,
             "target": case.target, "threads": case.threads, "contender": c.name, "label": c.label,
-            "median_ms": None, "min_ms": None, "repeats": 0, "vs_floor": None, "fastxent_speedup": None,
+            "median_ms": None, "min_ms": None, "cold_ms": None, "repeats": 0, "vs_floor": None, "vs_numpy": None,
+            "fastxent_speedup": None,
             "peak_bytes": None, "extra_nk_arrays": None, "mem_method": None, "loss": None,
             "loss_rel_diff": None, "note": "; ".join(x for x in [c.note, *case.notes] if x) or "",
         }
@@ -143,8 +180,9 @@ def run_case(case: Case, repeats: int, warmup: int) -> list[dict[str, Any]]:
             peak, _, method = mem[c.name]
             loss = losses[c.name]
             row.update(
-                median_ms=ms, min_ms=1e3 * min(times[c.name]), repeats=len(times[c.name]),
-                vs_floor=None if floor_ms is None else ms / floor_ms,
+                median_ms=ms, min_ms=1e3 * min(times[c.name]), cold_ms=median_ms(cold[c.name]),
+                repeats=len(times[c.name]), vs_floor=None if floor_ms is None else ms / floor_ms,
+                vs_numpy=None if (np_ms := np_same.get(c.name)) is None else ms / np_ms,
                 fastxent_speedup=None if ref_ms is None else ms / ref_ms,
                 peak_bytes=peak, extra_nk_arrays=None if peak is None else peak / nk_bytes,
                 mem_method=method, loss=loss,

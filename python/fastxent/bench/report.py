@@ -17,7 +17,7 @@ import numpy as np
 
 import fastxent as fx
 
-from .cases import DENSE_DENSITY, all_threads, loaded
+from .cases import DENSE_DENSITY, FLOORS, all_threads, loaded
 from .measure import loss_mismatches
 
 CSV_COLUMNS = [
@@ -32,8 +32,10 @@ CSV_COLUMNS = [
     "label",
     "median_ms",
     "min_ms",
+    "cold_ms",
     "repeats",
     "vs_floor",
+    "vs_numpy",
     "fastxent_speedup",
     "peak_bytes",
     "extra_nk_arrays",
@@ -43,8 +45,11 @@ CSV_COLUMNS = [
     "note",
 ]
 
-LEGEND = ("fx = fastxent with out=g, fx_alloc = fastxent allocating its gradient. floor: dense targets "
-          "np.add(x, y, out=g), integer/sparse targets np.negative(x, out=g).\n"
+LEGEND = ("fx = fastxent with out=g, fx_alloc = fastxent allocating its gradient. floor: the same bytes moved on "
+          "fastxent's own threads (dense targets g = x + y, integer/sparse g = -x; fastxent._core.memory_floor); "
+          "np_floor: np.add(x, y, out=g) / np.negative(x, out=g); np_alloc: np.add(x, y) / np.negative(x).\n"
+          "C/floor: C's time over the floor's; fx/np = fx / np_floor, fx_alloc/np = fx_alloc / np_alloc. "
+          "Times are warm (back-to-back calls, medians); 'fx_alloc cold' = fx_alloc's median after a 50 ms pause.\n"
           "* rise of peak resident memory (torch, jax), a lower bound. JAX uses all cores in every row.")
 
 
@@ -80,7 +85,7 @@ def progress_line(rows: list[dict[str, Any]]) -> str:
 def _speedup_names(names: list[str], ref: str) -> list[str]:
     """The contenders fastxent's speedup is shown over: the other implementations, not
     the floor (a ratio column of its own) nor the reference's out=/allocating twin."""
-    return [c for c in names if c != "floor" and c not in (ref, ref + "_alloc", ref.removesuffix("_alloc"))]
+    return [c for c in names if c not in FLOORS and c not in (ref, ref + "_alloc", ref.removesuffix("_alloc"))]
 
 
 def format_table(rows: list[dict[str, Any]], references: dict[str, str]) -> str:
@@ -96,7 +101,10 @@ def format_table(rows: list[dict[str, Any]], references: dict[str, str]) -> str:
         fx_names = [c for c in names if c.startswith("fastxent")] if "floor" in names else []
         others = _speedup_names(names, ref)
         mem_names = [c for c in names if c != "floor"]
-        head = (["case"] + [f"{_short(c)} ms" for c in names] + [f"{_short(c)}/floor" for c in fx_names]
+        np_names = [c for c in ("fastxent", "fastxent_alloc") if c in names and "np_floor" in names]
+        cold_names = [c for c in ("fastxent_alloc",) if c in names]
+        head = (["case"] + [f"{_short(c)} ms" for c in names] + [f"{_short(c)} cold" for c in cold_names]
+                + [f"{_short(c)}/floor" for c in fx_names] + [f"{_short(c)}/np" for c in np_names]
                 + [f"x{_short(c)}" for c in others] + [f"{_short(c)} NxK" for c in mem_names])
         table = [head]
         for case in dict.fromkeys(r["case"] for r in grows):
@@ -104,7 +112,9 @@ def format_table(rows: list[dict[str, Any]], references: dict[str, str]) -> str:
             line = [case + (" LOSS MISMATCH" if loss_mismatches([r for r in cells if r]) else "")]
             line += [_fmt_ms(by[(case, c)]["median_ms"]) if (case, c) in by else "" for c in names]
             # (a contender some cases lack, e.g. fastxent_torch in the 16-bit rows only: blank)
+            line += [_fmt_ms(by[(case, c)]["cold_ms"]) if (case, c) in by else "" for c in cold_names]
             line += [_fmt_x(by[(case, c)]["vs_floor"]) if (case, c) in by else "" for c in fx_names]
+            line += [_fmt_x(by[(case, c)]["vs_numpy"]) if (case, c) in by else "" for c in np_names]
             line += [_fmt_x(by[(case, c)]["fastxent_speedup"]) if (case, c) in by else "" for c in others]
             line += [_fmt_nk(by[(case, c)]) if (case, c) in by else "" for c in mem_names]
             table.append(line)
@@ -177,7 +187,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def meta(repeats: int, warmup: int) -> dict[str, Any]:
+def machine_line() -> str:
+    """The CPU the figures were measured on, printed above the tables."""
+    info = fx.backend_info()
+    return (f"CPU: {_cpu_model()}, {all_threads()} cores available; fastxent {info['version']} "
+            f"simd={info.get('simd')}, numpy {np.__version__}")
+
+
+def meta(repeats: int, warmup: int, burst: int = 1) -> dict[str, Any]:
     """bench.json's "meta": the machine, the versions, the settings, how to read the rows."""
     versions: dict[str, str | None] = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "jax", "optax"):
@@ -190,9 +207,13 @@ def meta(repeats: int, warmup: int) -> dict[str, Any]:
         "argv": sys.argv[1:],
         "repeats": repeats,
         "warmup": warmup,
+        "burst": burst,
         "references": "main and multilabel: speedups vs fastxent_alloc (allocating call); "
                       "sparse_vs_dense and train_step: vs fastxent",
-        "floor": "dense targets: np.add(x, y, out=g); integer/sparse targets: np.negative(x, out=g)",
+        "floor": "the same bytes on fastxent's threads (fastxent._core.memory_floor): dense targets g = x + y, "
+                 "integer/sparse g = -x; np_floor / np_alloc: NumPy's np.add / np.negative into g / allocating",
+        "timing": "median_ms: warm, back-to-back calls (burst after one cold call per round); "
+                  "cold_ms: the call after a 50 ms pause",
         "dense_targets": f"multi-hot, {DENSE_DENSITY:.1%} of classes per row (at least 1)",
         "jax_threads": "JAX's thread pool is sized at import (all cores) and cannot follow a case's threads",
         "memory": "tracemalloc peak for NumPy-based contenders (sees NumPy allocations only); "
