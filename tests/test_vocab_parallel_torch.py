@@ -275,6 +275,8 @@ def group_of_one(tmp_path: Path) -> Any:
         dist.destroy_process_group()
 
 
+# inductor's own import uses torch.jit.script_method, deprecated in this torch
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> None:
     import fastxent.torch as fxt
 

@@ -260,6 +260,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return _torch(g, logits), None, None, None, None, None
 
 
+# Collectives and NumPy views inside: under torch.compile it runs eagerly (one graph
+# break) rather than being traced.
+@torch.compiler.disable  # type: ignore[untyped-decorator]
 def vocab_parallel_cross_entropy(
     logits_shard: Tensor,
     target: Tensor,
@@ -291,6 +294,7 @@ def vocab_parallel_cross_entropy(
     all_gather of 12 int64 per rank (argument agreement), then all-reduces of N + 1
     (MAX) and 3N + 1 (SUM) float64 values. Arguments that disagree between ranks, or
     that one rank refuses, raise on every rank (docs/spec.md#vocabulary-shards).
+    Under ``torch.compile`` the call runs eagerly (a graph break).
     """
     local = _Local(logits_shard, target, vocab_start, num_classes, weight, reduction, ignore_index, label_smoothing,
                    z_loss)
