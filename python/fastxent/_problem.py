@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._backend import empty_grad
 from ._checks import (
     FLOAT_DTYPES,
     LossOptions,
@@ -28,7 +29,6 @@ from ._checks import (
     is_float_like,
     normalize_axis,
 )
-from ._backend import empty_grad
 from ._layout import canonical, refuse_overlap, rows_view, writable_rows_view
 from .sparse import SparseTargets, is_scipy_sparse
 
