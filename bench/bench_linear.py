@@ -34,12 +34,13 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any, Callable
+
+from fastxent.bench.report import cpu_model
 
 
 def _status(field: str) -> int:
@@ -256,7 +257,7 @@ def accuracy(n: int, d: int, k: int) -> None:
         "torch unfused F.cross_entropy(h @ W.T)": lambda: torch_run(lambda a, b: F.cross_entropy(a @ b.T, tt)),
         "F.linear_cross_entropy(options=default)": lambda: torch_run(lambda a, b: F.linear_cross_entropy(a, b, tt, options=opts)),
     }
-    print(f"# worst float32 error vs float64, relative to max |reference|: N={n} D={d} K={k}, {cpu_name()}")
+    print(f"# worst float32 error vs float64, relative to max |reference|: N={n} D={d} K={k}, {cpu_model()}")
     print(f"{'contender':42s} {'loss':>9s} {'d_input':>9s} {'d_weight':>9s}")
     for name, run in runs.items():
         got = run()
@@ -283,17 +284,6 @@ def timing_child(names: list[str], n: int, d: int, k: int, threads: int, rounds:
             del res
             print(f"  round {r}: {name:28s} {times[name][-1]:8.3f} s", file=sys.stderr, flush=True)
     return times
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -332,7 +322,7 @@ def main() -> None:
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads),
                MKL_NUM_THREADS=str(a.threads), FASTXENT_NUM_THREADS=str(a.threads))
-    print(f"# N={a.n} D={a.d} K={a.k} float32, {a.threads} threads, {cpu_name()}, {os.cpu_count()} CPUs; "
+    print(f"# N={a.n} D={a.d} K={a.k} float32, {a.threads} threads, {cpu_model()}, {os.cpu_count()} CPUs; "
           f"time: min/median of {a.rounds} calls per contender, all contenders in one process, in turn; "
           "extra peak = RSS high-water - inputs - returned grads, a fresh process per contender", flush=True)
     results: dict[str, dict[str, Any]] = {}
@@ -357,7 +347,7 @@ def main() -> None:
         acc["median_s"] = statistics.median(acc["times_s"])
         print(f"{name:28s} {acc['min_s']:8.3f} {acc['median_s']:9.3f} {acc['extra_peak_mib']:10.1f}")
     if a.json:
-        meta = {"n": a.n, "d": a.d, "k": a.k, "threads": a.threads, "cpu": cpu_name(), "rounds": a.rounds}
+        meta = {"n": a.n, "d": a.d, "k": a.k, "threads": a.threads, "cpu": cpu_model(), "rounds": a.rounds}
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "rows": list(results.values())}, f, indent=1)
 

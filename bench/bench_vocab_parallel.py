@@ -16,23 +16,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from fastxent.bench.report import cpu_model
 
 
 def rank_main(rank: int, ranks: int, n: int, k: int, repeats: int, store: str, out: str) -> None:
@@ -136,7 +126,7 @@ def main() -> int:
             single = json.load(f)
     par = max(r["median"] for r in ranks)
     each = ", ".join(f"{r['median'] * 1e3:.1f}" for r in ranks)
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; float32, class-index targets, forward + backward")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; float32, class-index targets, forward + backward")
     print(f"{args.ranks} ranks x ({n} x {k // args.ranks}), 1 thread each: {par * 1e3:8.1f} ms per call "
           f"(slowest rank's median; each rank: {each} ms)")
     print(f"1 process  x ({n} x {k}), {args.ranks} threads:   {single['median'] * 1e3:8.1f} ms per call")

@@ -176,7 +176,8 @@ def write_plot(path: Path, rows: list[dict[str, Any]], references: dict[str, str
     return True
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (for every figure's caption)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -190,7 +191,7 @@ def _cpu_model() -> str:
 def machine_line() -> str:
     """The CPU the figures were measured on, printed above the tables."""
     info = fx.backend_info()
-    return (f"CPU: {_cpu_model()}, {all_threads()} cores available; fastxent {info['version']} "
+    return (f"CPU: {cpu_model()}, {all_threads()} cores available; fastxent {info['version']} "
             f"simd={info.get('simd')}, numpy {np.__version__}")
 
 
@@ -202,7 +203,7 @@ def meta(repeats: int, warmup: int, burst: int = 1) -> dict[str, Any]:
     return {
         "fastxent": fx.backend_info(),
         "versions": versions,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_available": all_threads(),
         "argv": sys.argv[1:],
         "repeats": repeats,
