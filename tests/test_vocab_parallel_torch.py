@@ -275,6 +275,9 @@ def group_of_one(tmp_path: Path) -> Any:
         dist.destroy_process_group()
 
 
+# inductor's own import uses torch.jit.script_method, deprecated in this torch (run alone,
+# this test is the first to import it; in the whole suite tests/test_torch_op.py is)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> None:
     import fastxent.torch as fxt
 
@@ -302,3 +305,7 @@ def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> Non
         fxt.vocab_parallel_cross_entropy(x, y, vocab_start=1, **opts)
     with pytest.raises(IndexError, match="^targets: class index 20 is out of range for 13 classes"):
         fxt.vocab_parallel_cross_entropy(x, torch.full((9,), 20), vocab_start=0, **opts)
+    # an object that is no process group is refused by name, before any collective
+    # (torch.distributed's own AttributeError otherwise; found by tests/fuzz_api.py)
+    with pytest.raises(TypeError, match="^group: expected a torch.distributed ProcessGroup or None, got str"):
+        fxt.vocab_parallel_cross_entropy(x, y, vocab_start=0, group="world", **opts)
