@@ -2354,10 +2354,10 @@ def vocab_agreement(entry: EntryPoint, oks: list[Outcome], edge: np.ndarray | No
 # destroyed at exit; the reproducer carries these lines too.
 TORCH_GROUP_SETUP = (
     "import atexit, datetime, shutil, torch.distributed as dist",
-    "if not dist.is_initialized(): _store = tempfile.mkdtemp(prefix='fuzz_api-gloo-'); "
-    "dist.init_process_group('gloo', init_method=f'file://{_store}/store', rank=0, world_size=1, "
-    "timeout=datetime.timedelta(seconds=30)); atexit.register(shutil.rmtree, _store, True); "
-    "atexit.register(dist.destroy_process_group)",
+    ("if not dist.is_initialized(): _store = tempfile.mkdtemp(prefix='fuzz_api-gloo-'); "
+     "dist.init_process_group('gloo', init_method=f'file://{_store}/store', rank=0, world_size=1, "
+     "timeout=datetime.timedelta(seconds=30)); atexit.register(shutil.rmtree, _store, True); "
+     "atexit.register(dist.destroy_process_group)"),
 )
 TVP_ARGS = ("logits_shard", "target", "vocab_start", "num_classes", "group", "weight", "reduction", "ignore_index",
             "label_smoothing", "z_loss",
@@ -2533,7 +2533,7 @@ def check_tvp(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog
             found.append(Finding(entry.name, "accepted-bad-input", f"accepted {spec['bad']}", o.variant))
         return found
     args = o.args or {}
-    opts = {k: eval(v) for k, v in spec["options"].items()}  # noqa: S307 - the fuzzer's own literals
+    opts = {k: eval(v) for k, v in spec["options"].items()}  # (the fuzzer's own literals)
     x = args["logits_shard"]
     status, ref = tvp_reference(spec, args, opts, use_torch_f=False)
     if (o.status == "ok") != (status == "ok"):
@@ -2622,8 +2622,8 @@ def build_jvp(spec: dict[str, Any]) -> Program:
     else:
         setup.append((f"y = rng.dirichlet(np.ones({k}), {shape[:-1]}).astype('float32')", "plain"))
         func, yspec = "fastxent.jax.vocab_parallel_softmax_cross_entropy", "P(None, 'v')"
-    setup.append((f"sm = shard_map(lambda a, b: {func}(a, b, {kw}), mesh=mesh, in_specs=(P(None, 'v'), {yspec}), "
-                  "out_specs=P())", "plain"))
+    sm = f"sm = shard_map(lambda a, b: {func}(a, b, {kw}), mesh=mesh, in_specs=(P(None, 'v'), {yspec}), out_specs=P())"
+    setup.append((sm, "plain"))
     if _jvp_grad(spec):
         setup.append(("f = jax.jit(lambda x, y: (sm(x, y), jax.grad(lambda x: sm(x, y).sum())(x)))", "plain"))
     else:
@@ -2690,7 +2690,7 @@ def check_jvp(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog
             continue  # rows with inf/NaN: fastxent's convention (NaN row) differs from optax's on purpose
         try:
             rl = np.asarray(fn(xj, yj), np.float64)
-            rg = np.asarray(jax.grad(lambda a: fn(a, yj).sum())(xj), np.float64) if grad is not None else None
+            rg = np.asarray(jax.grad(lambda a, fn=fn: fn(a, yj).sum())(xj), np.float64) if grad is not None else None
         except Exception as exc:  # noqa: BLE001 - the reference's refusal of what the shards accepted
             found.append(Finding(entry.name, oracle, f"accepted, the whole-row function raises {type(exc).__name__}: {str(exc)[:100]}",
                                  o.variant, key_detail=f"accepted, whole-row raises {type(exc).__name__}"))
