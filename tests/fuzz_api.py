@@ -2345,6 +2345,367 @@ def vocab_agreement(entry: EntryPoint, oks: list[Outcome], edge: np.ndarray | No
 
 
 # ---------------------------------------------------------------------------------------
+# fastxent.torch.vocab_parallel_cross_entropy: over a real torch.distributed (gloo) group
+# of world size 1 (this process alone), the whole vocabulary on the one rank; against
+# fastxent's whole-row functions and F.cross_entropy
+# ---------------------------------------------------------------------------------------
+
+# The group, created once per process (the fuzzer's child, or a reproducer) and
+# destroyed at exit; the reproducer carries these lines too.
+TORCH_GROUP_SETUP = (
+    "import atexit, datetime, shutil, torch.distributed as dist",
+    ("if not dist.is_initialized(): _store = tempfile.mkdtemp(prefix='fuzz_api-gloo-'); "
+     "dist.init_process_group('gloo', init_method=f'file://{_store}/store', rank=0, world_size=1, "
+     "timeout=datetime.timedelta(seconds=30)); atexit.register(shutil.rmtree, _store, True); "
+     "atexit.register(dist.destroy_process_group)"),
+)
+TVP_ARGS = ("logits_shard", "target", "vocab_start", "num_classes", "group", "weight", "reduction", "ignore_index",
+            "label_smoothing", "z_loss",
+            # a class index out of range: named as the kernels name it, "targets:" (as
+            # fastxent.torch.cross_entropy does: tests/test_vocab_parallel_torch.py)
+            "targets",
+            # refusals of the group's agreement (ranges that do not tile [0, num_classes), a
+            # rank's refusal) start with the function's name and then say which argument
+            "vocab_parallel_cross_entropy")
+# Each makes the call invalid: it must raise (oracle a) and never be accepted.
+TVP_BAD = {
+    "vocab_start-1": "vocab_start=1", "vocab_start-neg": "vocab_start=-1", "vocab_start-float": "vocab_start=0.0",
+    "vocab_start-none": "vocab_start=None", "vocab_start-huge": "vocab_start=2**64",
+    "num_classes-more": "num_classes=C + 1", "num_classes-less": "num_classes=C - 1", "num_classes-0": "num_classes=0",
+    "num_classes-float": "num_classes=float(C)",
+    "label-beyond": "y.view(-1)[0] = C", "label-far": "y.view(-1)[-1] = torch.iinfo(y.dtype).max",
+    "label-neg": "y.view(-1)[0] = -5",
+    "x-int": "x = x.detach().to(torch.int64)", "x-0d": "x = torch.tensor(1.0)",
+    "x-numpy": "x = np.zeros(tuple(x.shape), np.float32)",
+    "target-uint8": "y = y.to(torch.uint8)", "target-shape": "y = y.unsqueeze(-1)",
+    "target-numpy": "y = np.zeros(tuple(y.shape), np.int64)",
+    "weight-short": "w = torch.ones(C + 1, dtype=x.dtype)", "weight-grad": "w = torch.ones(C, requires_grad=True)",
+    "group-bad": "grp = 'world'", "reduction-bad": "red = 'avg'", "label_smoothing-bad": "ls = 1.5",
+    "z_loss-bad": "zl = -1.0", "ignore_index-bad": "ii = 0.5",
+}
+
+
+@st.composite
+def tvp_specs(draw: Any) -> dict[str, Any]:
+    c = draw(st.integers(1, 40))
+    shape = pick(draw, ([[c], [3, c], [5, c], [2, 3, c], [0, c]]))
+    xdt = pick(draw, (["float32", "float32", "float64", "float16", "bfloat16"]))
+    index = draw(st.integers(0, 3)) > 0
+    opts: dict[str, str] = {}
+    if draw(st.booleans()):
+        opts["reduction"] = pick(draw, (["'none'", "'sum'", "'mean'"]))
+    if draw(one_in(3)):
+        opts["label_smoothing"] = pick(draw, (["0.1", "1.0", "0.0"]))
+    if draw(one_in(3)) and index:
+        opts["ignore_index"] = pick(draw, (["-100", "0", "1", "-1"]))
+    if draw(one_in(3)):
+        opts["z_loss"] = pick(draw, (["0.0", "1e-3", "0.5"]))
+    lead_n = x_numel(shape[:-1])
+    bad = None
+    if draw(one_in(5)):
+        bad = pick(draw, sorted(b for b in TVP_BAD if (index and lead_n) or not b.startswith("label-")))
+        if bad.startswith("label-"):
+            opts.pop("ignore_index", None)  # (a label equal to ignore_index is valid)
+    return {
+        "entry": "torch_vp", "shape": shape, "xdt": xdt, "index": index, "c": c, "seed": draw(seeds),
+        "tdt": pick(draw, (["int64", "int64", "int32"])) if index else pick(draw, ([xdt, xdt, "float64"])),
+        "weight": pick(draw, ([None, None, None, "same", "float64"])), "options": opts,
+        "num_classes": draw(st.booleans()), "scale": pick(draw, ([1.0, 1.0, 30.0])),
+        "special": pick(draw, ([None] * 6 + ["-inf", "nan"])), "requires_grad": pick(draw, [True, True, True, False]),
+        "bad": bad,
+    }
+
+
+def build_tvp(spec: dict[str, Any]) -> Program:
+    s, shape, c = spec["seed"], tuple(spec["shape"]), spec["c"]
+    setup = [(line, "plain") for line in TORCH_GROUP_SETUP]
+    setup.append((f"g = torch.Generator().manual_seed({s}); C = {c}", "plain"))
+    xdt = f"torch.{spec['xdt']}"
+    setup.append((f"x = (torch.randn({shape}, generator=g) * {spec['scale']}).to({xdt})", "plain"))
+    if spec["special"] and x_numel(shape):
+        setup.append((f"x.view(-1)[0] = float('{spec['special']}')", "plain"))
+    if spec["index"]:
+        setup.append((f"y = torch.randint(0, {c}, {shape[:-1]}, generator=g).to(torch.{spec['tdt']})", "plain"))
+    else:
+        setup.append((f"y = torch.softmax(torch.randn({shape}, generator=g), -1).to(torch.{spec['tdt']})", "plain"))
+    args = {"logits_shard": "x", "target": "y", "vocab_start": "0"}
+    if spec["num_classes"]:
+        args["num_classes"] = "C"
+    if spec["weight"]:
+        wdt = xdt if spec["weight"] == "same" else "torch.float64"
+        setup.append((f"w = (torch.rand({c}, generator=g) + 0.25).to({wdt})", "plain"))
+        args["weight"] = "w"
+    args.update(spec["options"])
+    bad = spec.get("bad")
+    if bad:
+        line = TVP_BAD[bad]
+        if line.startswith(("vocab_start=", "num_classes=")):
+            name, value = line.split("=", 1)
+            args[name] = value
+        else:
+            setup.append((line, "plain"))
+            for var, name in (("grp", "group"), ("red", "reduction"), ("ls", "label_smoothing"), ("zl", "z_loss"),
+                              ("ii", "ignore_index"), ("w", "weight")):
+                if line.startswith(var + " ="):
+                    args[name] = var
+    if spec["requires_grad"] and not (bad or "").startswith("x-"):
+        setup.append(("x.requires_grad_(True)", "plain"))
+    return Program(setup, "fastxent.torch.vocab_parallel_cross_entropy", args, positional=("logits_shard", "target"))
+
+
+def capture_tvp(res: Any, args: dict[str, Any]) -> Any:
+    """(loss, d loss.sum() / d logits_shard or None) as float64 arrays; runs the backward pass."""
+    import torch
+    x = args["logits_shard"]
+    grad = None
+    if isinstance(x, torch.Tensor) and x.requires_grad and res.requires_grad:
+        (g,) = torch.autograd.grad(res.sum(), x)
+        grad = g.double().numpy().copy()
+    if res.dtype != x.dtype:
+        raise ValueError(f"result dtype {res.dtype} for {x.dtype} logits")
+    return res.detach().double().numpy().copy(), grad
+
+
+def tvp_reference(spec: dict[str, Any], args: dict[str, Any], ns_opts: dict[str, Any], use_torch_f: bool) -> tuple[str, Any]:
+    """The whole-row result on the same inputs (classes moved to dimension 1):
+    fastxent.torch.cross_entropy (or F.cross_entropy with use_torch_f) without z_loss,
+    fx.softmax_cross_entropy (the NumPy API, cpp backend) with it; ("ok", (loss, grad))
+    or ("error", "Type: message")."""
+    import torch
+    import torch.nn.functional as F
+
+    import fastxent.torch as fxt
+
+    x, y, w = args["logits_shard"], args["target"], args.get("weight")
+    c = x.shape[-1]
+    lead = tuple(x.shape[:-1])
+    red = ns_opts.get("reduction", "mean")
+    z = ns_opts.get("z_loss", 0.0)
+    try:
+        if z:
+            xn = x.detach().float().numpy() if x.dtype in (torch.float16, torch.bfloat16) else x.detach().numpy()
+            yn = y.numpy() if not y.is_floating_point() else y.to(torch.float64 if xn.dtype == np.float64 else torch.float32).numpy()
+            wn = None if w is None else w.detach().double().numpy()
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss, grad = fx.softmax_cross_entropy(
+                    xn, yn, reduction=red, weight=wn, ignore_index=ns_opts.get("ignore_index", -100),
+                    label_smoothing=ns_opts.get("label_smoothing", 0.0), z_loss=z, backend="cpp" if HAVE_CORE else "numpy")
+            if red == "mean" and grad is not None:
+                pass  # (the NumPy API's gradient is already of the reduced loss)
+            loss = np.asarray(loss, np.float64).reshape(lead if red == "none" else ())
+            grad = None if grad is None else np.asarray(grad, np.float64)
+            if x.dtype in (torch.float16, torch.bfloat16):
+                loss = torch.from_numpy(loss).to(x.dtype).double().numpy()
+                grad = None if grad is None else torch.from_numpy(grad).to(x.dtype).double().numpy()
+            return "ok", (loss, grad)
+        xx = x.detach().reshape(-1, c).clone()
+        if use_torch_f and x.dtype in (torch.float16, torch.bfloat16):
+            xx = xx.float()
+        xx.requires_grad_(True)
+        yy = y.reshape(-1).long() if not y.is_floating_point() else y.reshape(-1, c).to(xx.dtype)
+        ww = None if w is None else w.to(xx.dtype)
+        kw = {k: v for k, v in ns_opts.items() if k != "z_loss"}
+        fn = F.cross_entropy if use_torch_f else fxt.cross_entropy
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss = fn(xx, yy, ww, **kw)
+            (g,) = torch.autograd.grad(loss.sum(), xx)
+        if red == "none":
+            loss = loss.reshape(lead)
+        loss, g = loss.to(x.dtype), g.to(x.dtype)
+        return "ok", (loss.detach().double().numpy().copy(), g.reshape(x.shape).double().numpy().copy())
+    except Exception as exc:  # noqa: BLE001 - any exception is a result to judge here
+        return "error", f"{type(exc).__name__}: {str(exc)[:100]}"
+
+
+def check_tvp(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog: Program) -> list[Finding]:
+    import torch
+    found: list[Finding] = []
+    for o in outs:
+        found += [Finding(entry.name, "memory", m, o.variant) for m in o.memory]
+    o = outs[0]
+    if o.status == "setup-error":
+        return found + [Finding(entry.name, "fuzzer-error", f"setup: {o.exc_type}: {o.message[:120]} (at {o.where[:60]})",
+                                o.variant)]
+    if spec.get("bad"):
+        if o.status == "ok":
+            found.append(Finding(entry.name, "accepted-bad-input", f"accepted {spec['bad']}", o.variant))
+        return found
+    args = o.args or {}
+    opts = {k: eval(v) for k, v in spec["options"].items()}  # (the fuzzer's own literals)
+    x = args["logits_shard"]
+    status, ref = tvp_reference(spec, args, opts, use_torch_f=False)
+    if (o.status == "ok") != (status == "ok"):
+        mine = f"{o.exc_type}: {o.message[:100]}" if o.status == "error" else "ok"
+        return found + [Finding(entry.name, "whole-row-parity", f"vocab_parallel {mine} vs whole-row {ref if status == 'error' else 'ok'}",
+                                o.variant, key_detail=f"vocab_parallel {o.status} {o.exc_type} vs whole-row {status}")]
+    if o.status != "ok":
+        return found
+    refs = [("whole-row-parity", ref)]
+    if not opts.get("z_loss") and not spec["special"] and x.dtype in (torch.float32, torch.float64):
+        fstatus, fref = tvp_reference(spec, args, opts, use_torch_f=True)
+        if fstatus == "ok":
+            refs.append(("torch-parity", fref))
+    loss, grad = o.result
+    c = x.shape[-1]
+    eps16 = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}.get(x.dtype)
+    dt = np.float32 if eps16 or x.dtype == torch.float32 else np.float64
+    rtol = 8 * eps16 if eps16 else reference.rtol_for(dt, c, 64.0)
+    scale = float(spec["scale"]) * 2 + math.log(c) + 1
+    # z_loss adds z lse^2: its rounding scales with lse^2
+    scale += float(opts.get("z_loss", 0.0)) * scale**2 * 2
+    for oracle, (rloss, rgrad) in refs:
+        why = _compare(loss, rloss, rtol * (np.abs(np.nan_to_num(rloss)) + scale), np.zeros(np.shape(rloss), bool), np.dtype(dt))
+        if why:
+            found.append(Finding(entry.name, oracle, f"loss: {why}", o.variant))
+        if grad is None or rgrad is None:
+            continue
+        why = _compare(grad, rgrad, rtol * (np.abs(np.nan_to_num(rgrad)) + 1 + 2 * float(opts.get("z_loss", 0.0)) * scale),
+                       np.zeros(rgrad.shape, bool), np.dtype(dt))
+        if why:
+            found.append(Finding(entry.name, oracle, f"gradient: {why}", o.variant))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# fastxent.jax.vocab_parallel_softmax_cross_entropy[_with_integer_labels]: jitted inside
+# jax.shard_map over a mesh of one device (the whole vocabulary on one shard); against
+# fastxent.jax's whole-row functions and optax
+# ---------------------------------------------------------------------------------------
+
+JVP_SETUP = (
+    "from jax.sharding import Mesh, PartitionSpec as P",
+    "shard_map = getattr(jax, 'shard_map', None) or __import__('jax.experimental.shard_map', fromlist=['x']).shard_map",
+    "mesh = Mesh(np.array(jax.devices()[:1]), ('v',))",
+)
+JVP_ARGS = ("logits", "labels", "axis_name", "vocab_start", "num_classes")
+
+
+@st.composite
+def jvp_specs(draw: Any) -> dict[str, Any]:
+    # few shapes: every new shape costs a trace and a compile
+    shape = pick(draw, ([[3, 5], [4, 1], [2, 17], [0, 4]]))
+    k = shape[-1]
+    return {"entry": "jax_vp", "shape": shape, "integer": draw(st.booleans()), "seed": draw(seeds),
+            "xdt": pick(draw, (["float32", "float32", "float32", "bfloat16", "float16", "int32"])),
+            "ldt": pick(draw, (["int32", "int32", "int8", "uint32", "float32"])),
+            "bad_label": pick(draw, ([None] * 5 + ["-1", str(k), "99"])),
+            "special": pick(draw, ([None] * 5 + ["nan", "-inf"])),
+            "vocab_start": pick(draw, ([None, None, "0", "jnp.int32(0)", "jax.lax.axis_index('v')", "0.0", "jnp.zeros(2, jnp.int32)"])),
+            "num_classes": pick(draw, ([None, None, str(k), str(k + 1), str(k - 1)])),
+            "axis_name": pick(draw, (["'v'"] * 9 + ["'w'"])),
+            "grad": pick(draw, [True, True, False])}
+
+
+def _jvp_grad(spec: dict[str, Any]) -> bool:
+    return bool(spec["grad"]) and spec["xdt"].startswith(("float", "bfloat"))  # jax.grad itself refuses integer logits
+
+
+def build_jvp(spec: dict[str, Any]) -> Program:
+    shape, k = tuple(spec["shape"]), spec["shape"][-1]
+    setup = [(line, "plain") for line in JVP_SETUP]
+    setup.append((f"rng = np.random.default_rng({spec['seed']}); x = rng.standard_normal({shape}).astype({spec['xdt']!r})",
+                  "plain"))
+    if spec["special"] and x_numel(shape):
+        setup.append((f"x.flat[0] = {spec['special']} if x.dtype.kind != 'i' else 0", "plain"))
+    kw = f"axis_name={spec['axis_name']}"
+    if spec["vocab_start"] is not None:
+        kw += f", vocab_start={spec['vocab_start']}"
+    if spec["num_classes"] is not None:
+        kw += f", num_classes={spec['num_classes']}"
+    if spec["integer"]:
+        setup.append((f"y = rng.integers(0, {k}, {shape[:-1]}).astype({spec['ldt']!r})", "plain"))
+        if spec["bad_label"] and x_numel(shape[:-1]):
+            setup.append((f"y.flat[0] = {spec['bad_label']} if y.dtype.kind == 'i' else 0", "plain"))
+        func, yspec = "fastxent.jax.vocab_parallel_softmax_cross_entropy_with_integer_labels", "P()"
+    else:
+        setup.append((f"y = rng.dirichlet(np.ones({k}), {shape[:-1]}).astype('float32')", "plain"))
+        func, yspec = "fastxent.jax.vocab_parallel_softmax_cross_entropy", "P(None, 'v')"
+    sm = f"sm = shard_map(lambda a, b: {func}(a, b, {kw}), mesh=mesh, in_specs=(P(None, 'v'), {yspec}), out_specs=P())"
+    setup.append((sm, "plain"))
+    if _jvp_grad(spec):
+        setup.append(("f = jax.jit(lambda x, y: (sm(x, y), jax.grad(lambda x: sm(x, y).sum())(x)))", "plain"))
+    else:
+        setup.append(("f = jax.jit(lambda x, y: (sm(x, y), None))", "plain"))
+    return Program(setup, "f", {"logits": "x", "labels": "y"}, positional=("logits", "labels"))
+
+
+def capture_jvp(res: Any, args: dict[str, Any]) -> Any:
+    loss, grad = res
+    return np.array(np.asarray(loss), np.float64, copy=True), None if grad is None else np.array(np.asarray(grad), np.float64)
+
+
+def check_jvp(entry: EntryPoint, spec: dict[str, Any], outs: list[Outcome], prog: Program) -> list[Finding]:
+    import jax
+    import optax
+
+    import fastxent.jax as fj
+    found: list[Finding] = []
+    for o in outs:
+        found += [Finding(entry.name, "memory", m, o.variant) for m in o.memory]
+    o = outs[0]
+    if o.status == "setup-error":
+        return found + [Finding(entry.name, "fuzzer-error", f"setup: {o.exc_type}: {o.message[:120]} (at {o.where[:60]})",
+                                o.variant)]
+    args = o.args or {}
+    x, y = np.asarray(args["logits"]), np.asarray(args["labels"])
+    k = x.shape[-1]
+    # what must be refused: the trace-time checks (oracle a judged the message) or,
+    # for a traced label, the kernel's own check (JaxRuntimeError: jax_traced_error_ok)
+    nc = spec["num_classes"]
+    vs = spec["vocab_start"]
+    must = []
+    if spec["axis_name"] != "'v'":
+        must.append("axis_name not of the mesh")
+    if nc is not None and int(nc) != k:  # (one shard: fewer classes than it holds, or more than any shard holds)
+        must.append(f"num_classes={nc} with one shard of {k}")
+    if vs in ("0.0", "jnp.zeros(2, jnp.int32)"):
+        must.append(f"vocab_start={vs}")
+    if x.dtype.kind not in "f" and x.dtype.name != "bfloat16":
+        must.append(f"{x.dtype} logits")
+    if spec["integer"] and y.dtype.kind not in "iu":
+        must.append(f"{y.dtype} labels")
+    total = int(nc) if nc is not None else k
+    if spec["integer"] and y.dtype.kind in "iu" and y.size and ((y < 0) | (y >= total)).any():
+        must.append(f"label {y[(y < 0) | (y >= total)][0]} with {total} classes")
+    if o.status == "ok" and must:
+        return found + [Finding(entry.name, "accepted-bad-input", f"accepted {must[0]}", o.variant,
+                                key_detail=f"accepted {re.sub(r'[0-9]+', 'N', must[0])}")]
+    if o.status == "error":
+        if not must:
+            found.append(Finding(entry.name, "whole-row-parity", f"refused a valid call: {o.exc_type}: {o.message[:120]}", o.variant,
+                                 key_detail=f"refused a valid call: {o.exc_type}"))
+        return found
+    # the whole-row references: fastxent.jax's (the same kernels, same dtype) and optax's
+    xj = jax.numpy.asarray(x)
+    yj = jax.numpy.asarray(y)
+    whole = fj.softmax_cross_entropy_with_integer_labels if spec["integer"] else fj.softmax_cross_entropy
+    base = optax.softmax_cross_entropy_with_integer_labels if spec["integer"] else optax.softmax_cross_entropy
+    loss, grad = o.result
+    dt = np.dtype(xj.dtype)
+    rtol = 16 * float(np.finfo(dt).eps) if dt.itemsize == 2 else reference.rtol_for(np.float32, k, 64.0)
+    for oracle, fn in (("whole-row-parity", whole), ("optax-parity", base)):
+        if oracle == "optax-parity" and spec["special"]:
+            continue  # rows with inf/NaN: fastxent's convention (NaN row) differs from optax's on purpose
+        try:
+            rl = np.asarray(fn(xj, yj), np.float64)
+            rg = np.asarray(jax.grad(lambda a, fn=fn: fn(a, yj).sum())(xj), np.float64) if grad is not None else None
+        except Exception as exc:  # noqa: BLE001 - the reference's refusal of what the shards accepted
+            found.append(Finding(entry.name, oracle, f"accepted, the whole-row function raises {type(exc).__name__}: {str(exc)[:100]}",
+                                 o.variant, key_detail=f"accepted, whole-row raises {type(exc).__name__}"))
+            continue
+        why = _compare(loss, rl, rtol * (np.abs(np.nan_to_num(rl)) + 8), np.zeros(np.shape(rl), bool), dt)
+        if why:
+            found.append(Finding(entry.name, oracle, f"loss: {why}", o.variant))
+        if grad is not None and rg is not None:
+            why = _compare(grad, rg, rtol * (np.abs(np.nan_to_num(rg)) + 1), np.zeros(np.shape(rg), bool), dt)
+            if why:
+                found.append(Finding(entry.name, oracle, f"gradient: {why}", o.variant))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------
 
@@ -2416,6 +2777,12 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                    variants=backend_variants),
         EntryPoint("vocab_shards", vocab_specs(), build_vocab, check_vocab, VOCAB_ARGS, capture=capture_vocab,
                    variants=backend_variants),
+        # (one gloo group of world size 1 per process; one compile per case: few cases, less time)
+        EntryPoint("torch_vp", tvp_specs(), build_tvp, check_tvp, TVP_ARGS, capture=capture_tvp,
+                   variants=lambda spec: ["given"], needs="torch", share=0.5),
+        EntryPoint("jax_vp", jvp_specs(), build_jvp, check_jvp, JVP_ARGS, capture=capture_jvp,
+                   variants=lambda spec: [f"given ({'jit-grad' if _jvp_grad(spec) else 'jit'})"], needs="jax", share=0.3,
+                   traced_error_ok=jax_traced_error_ok),
     ]
 }
 
@@ -2456,7 +2823,7 @@ def run_case(entry: EntryPoint, spec: dict[str, Any]) -> list[Finding]:
     found: list[Finding] = []
     for o in outs:
         found += check_error(entry, o)
-    if entry.name in ("torch", "jax"):
+    if entry.name in ("torch", "jax", "torch_vp", "jax_vp"):
         found += entry.check(entry, spec, outs, prog)
     else:
         found += entry.check(entry, spec, outs)

@@ -122,3 +122,33 @@ def test_a_label_beyond_the_vocabulary_is_an_error(runs: Any) -> None:
     got = results[-1]
     assert "error" in got
     assert re.search(r"labels: class index \d+ is out of range for 36 classes", got["error"][1]), got["error"]
+
+
+def test_arguments_no_shard_can_hold_are_refused_by_name() -> None:
+    """On a mesh of one device (this process): an axis name the enclosing shard_map does
+    not have, and num_classes beyond the shards' classes (a label there would be in no
+    shard: a silent 0 loss), raise naming the argument at trace time (found by
+    tests/fuzz_api.py: JAX's NameError, and a 0 loss, before)."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    import fastxent.jax as fj
+
+    shard_map: Any = getattr(jax, "shard_map", None)
+    if shard_map is None:  # jax < 0.6
+        from jax.experimental.shard_map import shard_map
+    mesh = Mesh(np.array(jax.devices()[:1]), ("v",))
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    y = np.array([0, 4, 2], np.int32)
+
+    def run(**kw: Any) -> Any:
+        f = shard_map(lambda a, b: fj.vocab_parallel_softmax_cross_entropy_with_integer_labels(a, b, **kw), mesh=mesh,
+                      in_specs=(P(None, "v"), P()), out_specs=P())
+        return jax.jit(f)(x, y)
+
+    want = np.asarray(fj.softmax_cross_entropy_with_integer_labels(x, y))
+    np.testing.assert_allclose(np.asarray(run(axis_name="v", num_classes=5)), want, rtol=1e-6)
+    with pytest.raises(TypeError, match="^axis_name: 'w' must name a mesh axis of the enclosing shard_map"):
+        run(axis_name="w")
+    with pytest.raises(ValueError, match=r"^num_classes: 6 is more than the 1 shard\(s\) of 5 classes hold \(5\)"):
+        run(axis_name="v", num_classes=6)

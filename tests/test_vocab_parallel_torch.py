@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +296,13 @@ def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> Non
 
     want = step(lambda a: F.cross_entropy(a, y, **opts))
     eager = step(lambda a: fxt.vocab_parallel_cross_entropy(a, y, vocab_start=0, group=group_of_one, **opts))
-    compiled = step(torch.compile(lambda a: fxt.vocab_parallel_cross_entropy(a, y, vocab_start=0, **opts)))
+    with warnings.catch_warnings():
+        # torch 2.13 warns about its own doings here, which pytest's "error" filter turns into
+        # failures: inductor's import uses the deprecated torch.jit.script_method, dynamo
+        # instantiates the autograd.Function it traces (deprecated by torch itself) and reads
+        # a non-leaf's .grad while tracing it. The results are compared below all the same.
+        warnings.simplefilter("ignore")
+        compiled = step(torch.compile(lambda a: fxt.vocab_parallel_cross_entropy(a, y, vocab_start=0, **opts)))
     for got in (eager, compiled):
         torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=0)
         torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-15)
@@ -304,3 +311,7 @@ def test_one_rank_is_the_plain_loss_eager_and_compiled(group_of_one: Any) -> Non
         fxt.vocab_parallel_cross_entropy(x, y, vocab_start=1, **opts)
     with pytest.raises(IndexError, match="^targets: class index 20 is out of range for 13 classes"):
         fxt.vocab_parallel_cross_entropy(x, torch.full((9,), 20), vocab_start=0, **opts)
+    # an object that is no process group is refused by name, before any collective
+    # (torch.distributed's own AttributeError otherwise; found by tests/fuzz_api.py)
+    with pytest.raises(TypeError, match="^group: expected a torch.distributed ProcessGroup or None, got str"):
+        fxt.vocab_parallel_cross_entropy(x, y, vocab_start=0, group="world", **opts)

@@ -300,6 +300,10 @@ def vocab_parallel_cross_entropy(
                    z_loss)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("vocab_parallel_cross_entropy: torch.distributed is not initialised (init_process_group)")
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        # (refused here, before any collective: an object that is no group cannot take
+        # part in the agreement; torch.distributed itself would fail with an AttributeError)
+        raise TypeError(f"group: expected a torch.distributed ProcessGroup or None, got {type(group).__name__}")
     total = _agree(local, group)
     result: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
         logits_shard, target, weight, local, total, group)

@@ -457,12 +457,19 @@ def _vocab_parallel_call(logits: Any, labels: Any, axis_name: Any, vocab_start: 
     if x.ndim < 1 or x.shape[-1] < 1:
         raise ValueError(f"logits: expected this shard's classes on the last axis, got shape {x.shape}")
     k = x.shape[-1]
-    shards = jax.lax.psum(1, axis_name)  # type: ignore[no-untyped-call]  # the mesh axis' size (a Python int inside shard_map)
+    try:
+        shards = jax.lax.psum(1, axis_name)  # type: ignore[no-untyped-call]  # the mesh axis' size (a Python int inside shard_map)
+    except NameError:  # (JAX's "unbound axis name": not an axis of the enclosing shard_map, or none encloses)
+        shards = None
     if not isinstance(shards, int):
         raise TypeError(f"axis_name: {axis_name!r} must name a mesh axis of the enclosing shard_map")
     total = int(num_classes) if num_classes is not None else k * shards
     if total < k:
         raise ValueError(f"num_classes: {total} is fewer than this shard's {k} classes")
+    if total > k * shards:
+        # shard_map's shards are equal: classes beyond k * shards would be in no shard, and
+        # a label there would count no target (a silent 0 loss) instead of an error
+        raise ValueError(f"num_classes: {total} is more than the {shards} shard(s) of {k} classes hold ({k * shards})")
     if vocab_start is None:
         start = jax.lax.axis_index(axis_name) * k  # equal shards in axis order
     else:
