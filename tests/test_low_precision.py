@@ -21,13 +21,13 @@ import subprocess
 import sys
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 import reference as ref
 
 import fastxent as fx
 
-ml_dtypes = pytest.importorskip("ml_dtypes")  # (installed with the test requirements; JAX needs it)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 DTYPES = [BF16, F16]

@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
-
-jax = pytest.importorskip("jax")
-optax = pytest.importorskip("optax")
 
 WORKER = Path(__file__).with_name("vocab_parallel_jax_worker.py")
 
