@@ -56,7 +56,7 @@ class _Local:
                  ignore_index: Any, label_smoothing: Any, z_loss: Any) -> None:
         self.error: Exception | None = None
         self.rows = self.classes = self.target_kind = self.dtype = 0
-        self.vocab_start, self.num_classes = 0, -1
+        self.vocab_start, self.num_classes, self.has_weight = 0, -1, False
         self.reduction, self.ignore_index, self.label_smoothing, self.z_loss = "mean", -100, 0.0, 0.0
         try:
             self._check(logits, target, vocab_start, num_classes, weight, reduction, ignore_index, label_smoothing,
@@ -68,6 +68,8 @@ class _Local:
                ignore_index: Any, label_smoothing: Any, z_loss: Any) -> None:
         if not isinstance(logits, Tensor) or logits.device.type != "cpu" or logits.layout != torch.strided:
             raise TypeError(f"logits_shard: expected a strided CPU tensor, got {type(logits).__name__}")
+        if logits.dtype == torch.bfloat16 and _adapter()._bfloat16_dtype() is None:
+            raise TypeError("logits_shard: bfloat16 needs the ml_dtypes package for its NumPy dtype")
         if logits.dtype not in _DTYPES or logits.dim() < 1 or logits.shape[-1] < 1:
             raise ValueError(
                 f"logits_shard: expected a float32/float64/bfloat16/float16 tensor (..., K_r) with K_r >= 1, "
@@ -110,7 +112,7 @@ class _Local:
             "classes": self.classes, "num_classes": self.num_classes, "target_kind": self.target_kind,
             "reduction": _REDUCTIONS.index(self.reduction), "ignore_index": self.ignore_index,
             "label_smoothing": _bits(self.label_smoothing), "z_loss": _bits(self.z_loss), "dtype": self.dtype,
-            "has_weight": int(getattr(self, "has_weight", False)),
+            "has_weight": int(self.has_weight),
         }
         return torch.tensor([values[f] for f in _FIELDS], dtype=torch.int64)
 
@@ -160,32 +162,21 @@ def _agree(local: _Local, group: Any) -> int:
     return expected
 
 
-def _numpy(t: Tensor) -> np.ndarray:
-    from .torch import _bfloat16_dtype  # (the adapter module imports this one)
+def _adapter() -> Any:
+    """fastxent.torch (which imports this module), for its zero-copy tensor <-> NumPy views."""
+    from . import torch as adapter
 
-    t = t.detach()
-    t = t.resolve_neg() if t.is_neg() else t
-    if t.dtype == torch.bfloat16:
-        bf16 = _bfloat16_dtype()
-        if bf16 is None:
-            raise TypeError("logits_shard: bfloat16 needs the ml_dtypes package for its NumPy dtype")
-        return t.view(torch.int16).numpy().view(bf16)
-    return t.numpy()
-
-
-def _torch(a: np.ndarray, like: Tensor) -> Tensor:
-    if like.dtype == torch.bfloat16:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
+    return adapter
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Tensor, target: Tensor, weight: Tensor | None, local: _Local, num_classes: int,
                 group: Any) -> Tensor:
-        x = _numpy(logits)
+        view = _adapter()._numpy
+        x = view(logits)
         cdtype = compute_dtype(x.dtype)
-        t = _numpy(target)
+        t = view(target)
         w = None if weight is None else weight.detach().to(torch.float64).numpy()
         error: Exception | None = None
         try:
@@ -248,16 +239,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
         logits, target, weight = ctx.saved_tensors
         local = ctx.local
-        upstream = grad_loss.detach().to(torch.float64).numpy()
-        grad_scale = ctx.scale * (upstream.reshape(-1) if local.reduction == "none" else upstream)
+        adapter = _adapter()
+        # the reduction's factor times the upstream gradient: a scalar, or one per row for "none"
+        grad_scale = ctx.scale * grad_loss.detach().to(torch.float64).numpy()
         g = vs.vocab_shard_gradient(
-            _numpy(logits), _numpy(target), ctx.row_stats.reshape(tuple(logits.shape[:-1]) + (vs.STATS_WIDTH,)),
-            vocab_start=local.vocab_start, num_classes=ctx.num_classes,
-            grad_scale=np.reshape(grad_scale, tuple(logits.shape[:-1])) if np.ndim(grad_scale) else grad_scale,
+            adapter._numpy(logits), adapter._numpy(target),
+            ctx.row_stats.reshape(tuple(logits.shape[:-1]) + (vs.STATS_WIDTH,)),
+            vocab_start=local.vocab_start, num_classes=ctx.num_classes, grad_scale=grad_scale,
             weight=None if weight is None else weight.detach().to(torch.float64).numpy(),
             ignore_index=local.ignore_index, label_smoothing=local.label_smoothing, z_loss=local.z_loss,
         )
-        return _torch(g, logits), None, None, None, None, None
+        return adapter._torch(g), None, None, None, None, None
 
 
 # Collectives and NumPy views inside: under torch.compile it runs eagerly (one graph
