@@ -94,6 +94,8 @@ struct Vec<float> {
     __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
   }
+  // p * 2^n for integral n in the normal exponent range.
+  friend Vec scale_by_pow2(Vec p, Vec n) { return p * pow2i(n); }
   friend float reduce_add(Vec a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -155,6 +157,7 @@ struct Vec<double> {
     e = _mm256_add_epi64(e, _mm256_set1_epi64x(1023));
     return {_mm256_castsi256_pd(_mm256_slli_epi64(e, 52))};
   }
+  friend Vec scale_by_pow2(Vec p, Vec n) { return p * pow2i(n); }
   friend double reduce_add(Vec a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
