@@ -5,11 +5,16 @@
 //
 //   bench_kernels [--fx_sizes=256x1000,2048x32000] [--fx_threads=1,2] [benchmark flags]
 //
-// Names: xent/<isa>/<dtype>/<target>[/loss_only]/<N>x<K>/threads:<T> and
-// floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T>. Every xent case also reports
-// x_floor: its time over the floor's (floor_ms, timed right after it, same threads). Before timing, each case
-// checks its loss against the generic variant's: a wrong kernel is reported as an
-// error instead of a time, and the exit status is 1.
+// Names: xent/<isa>/<dtype>/<target>[/loss_only]/<N>x<K>/threads:<T>,
+// floor/<dtype>/<read_x_y|read_x>/<N>x<K>/threads:<T> and exp/<isa>/<dtype> (the
+// kernels' vector exp over one block in L1). Every xent case also reports x_floor:
+// its time over the floor's (floor_ms, timed right after it, same threads), and
+// cyc_per_elem: core cycles per logit summed over the threads, at the clock measured
+// at start-up (see measure_core_ghz). The end of the output splits each case into
+// its two passes: the statistics pass (the loss_only case) and the gradient pass
+// (the rest). Before timing, each case checks its loss against the generic
+// variant's: a wrong kernel is reported as an error instead of a time, and the exit
+// status is 1.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -37,6 +42,46 @@ namespace {
 constexpr double kDensity = 0.001;
 
 bool g_wrong_result = false;  // any case whose loss disagreed: the exit status says so
+
+// The clock the cores run at, in GHz, measured rather than read: `perf stat` is not
+// available in every VM, and the nominal (TSC) rate is not the turbo clock. A chain
+// of dependent integer adds retires one add per cycle on every x86-64 core, so the
+// chain's rate is the clock; the fastest of several short runs (before any kernel
+// work, on an idle core) is taken. 0 where it cannot be measured (not x86-64).
+double measure_core_ghz() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  double best = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    constexpr long kIters = 2'000'000;  // x 8 adds: ~5 ms at 3 GHz
+    uint64_t a = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long i = 0; i < kIters; ++i)
+      asm volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                   "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+                   : "+r"(a));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 8.0 * kIters / s * 1e-9);
+  }
+  return best;
+#else
+  return 0;
+#endif
+}
+double g_core_ghz = 0;
+
+// Per-call seconds of every xent case, by name without "/loss_only": the pass split
+// printed at the end.
+struct PassTimes {
+  double full = 0, loss_only = 0;
+  int64_t elements = 0;
+  int threads = 1;
+};
+std::map<std::string, PassTimes> g_pass_times;
+
+// Core cycles per element summed over `threads` threads, or 0 without a clock.
+double cycles_per_element(double seconds, int64_t elements, int threads) {
+  return seconds * g_core_ghz * 1e9 * threads / double(elements);
+}
 
 enum class Kind { dense, index32, index64, sparse };
 const char* kind_name(Kind k) {
@@ -130,8 +175,10 @@ Data<T>& data_for(Size s) {
   return *cached;
 }
 
+// pass_key: the case's name without "/loss_only", shared by its two timings.
 template <class T>
-void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Size size, int threads) {
+void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Size size, int threads,
+             const std::string& pass_key) {
   Data<T>& d = data_for<T>(size);
   const fx::Problem<T> p = d.problem(kind, with_grad);
   fx::set_num_threads(threads);
@@ -157,6 +204,13 @@ void bm_xent(benchmark::State& state, fx::Isa isa, Kind kind, bool with_grad, Si
   state.SetBytesProcessed(state.iterations() * d.bytes(kind, with_grad));
   state.SetItemsProcessed(state.iterations() * size.n * size.k);
   state.counters["loss"] = got;
+  if (g_core_ghz > 0) state.counters["cyc_per_elem"] = cycles_per_element(per_call, size.n * size.k, threads);
+  {
+    PassTimes& pt = g_pass_times[pass_key];
+    (with_grad ? pt.full : pt.loss_only) = per_call;
+    pt.elements = size.n * size.k;
+    pt.threads = threads;
+  }
   // Side by side: the floor of the same bytes (dense: g = x + y, else g = -x; loss
   // only: the floor without the write is not defined, so the gradient's floor), the
   // median of warm calls right after the kernel's (at least 5, about 50 ms of them:
@@ -195,6 +249,50 @@ void bm_floor(benchmark::State& state, bool read_y, Size size, int threads) {
   const int64_t nk = size.n * size.k * int64_t(sizeof(T));
   state.SetBytesProcessed(state.iterations() * (read_y ? 3 : 2) * nk);
   state.SetItemsProcessed(state.iterations() * size.n * size.k);
+}
+
+// The vector exp the kernels use (fastxent::vector_exp) over one kBlock-sized block
+// in L1, on the kernels' own arguments x~ - max in [-20, 0]: the arithmetic alone.
+template <class T>
+void bm_exp(benchmark::State& state, fx::Isa isa) {
+  constexpr int64_t kN = 2048;
+  std::vector<T> x(kN), out(kN);
+  for (int64_t j = 0; j < kN; ++j) x[size_t(j)] = T(-20.0 * double((j * 7919) % kN) / double(kN));
+  for (auto _ : state) {
+    fx::vector_exp<T>(isa, x.data(), out.data(), kN);
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * kN);
+  if (g_core_ghz > 0) {
+    // Per element of the last timing window: Google Benchmark's own per-iteration time.
+    const auto t0 = std::chrono::steady_clock::now();
+    constexpr int kReps = 2000;
+    for (int r = 0; r < kReps; ++r) {
+      fx::vector_exp<T>(isa, x.data(), out.data(), kN);
+      benchmark::ClobberMemory();
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kReps;
+    state.counters["cyc_per_elem"] = cycles_per_element(s, kN, 1);
+  }
+}
+
+// The two passes of every case timed with and without its gradient, in cycles per
+// element (summed over threads): statistics = the loss_only case, gradient = the
+// rest. Printed after Google Benchmark's table.
+void print_pass_split() {
+  if (g_core_ghz <= 0) return;
+  bool header = false;
+  for (const auto& [name, pt] : g_pass_times) {
+    if (pt.full <= 0 || pt.loss_only <= 0) continue;
+    if (!header) {
+      std::printf("\nCycles per element by pass (core clock %.2f GHz, measured; summed over threads):\n", g_core_ghz);
+      std::printf("%-52s %10s %10s %10s\n", "case", "stats", "gradient", "total");
+      header = true;
+    }
+    const double stats = cycles_per_element(pt.loss_only, pt.elements, pt.threads);
+    const double total = cycles_per_element(pt.full, pt.elements, pt.threads);
+    std::printf("%-52s %10.2f %10.2f %10.2f\n", name.c_str(), stats, total - stats, total);
+  }
 }
 
 std::vector<Size> parse_sizes(const std::string& s) {
@@ -255,8 +353,10 @@ void register_size(const char* dtype, Size s, const std::vector<int>& threads) {
         const std::string name = std::string("xent/") + fx::isa_name(isa) + "/" + dtype + "/" + kind_name(kind) +
                                  (with_grad ? "" : "/loss_only") + "/" + nk + tt;
         // Real time: the kernel's own worker threads do the work, not this thread.
+        const std::string pass_key = std::string("xent/") + fx::isa_name(isa) + "/" + dtype + "/" +
+                                     kind_name(kind) + "/" + nk + tt;
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
-          bm_xent<T>(st, isa, kind, with_grad, s, t);
+          bm_xent<T>(st, isa, kind, with_grad, s, t, pass_key);
         })->UseRealTime()->Unit(benchmark::kMillisecond);
       }
     }
@@ -280,6 +380,13 @@ int main(int argc, char** argv) {
   }
   argc = kept;
   const std::vector<int> thread_counts = parse_threads(threads);
+  g_core_ghz = measure_core_ghz();
+  for (fx::Isa isa : fx::all_isas()) {
+    if (!fx::isa_supported(isa)) continue;
+    const std::string name = std::string("exp/") + fx::isa_name(isa);
+    benchmark::RegisterBenchmark((name + "/float32").c_str(), [=](benchmark::State& st) { bm_exp<float>(st, isa); });
+    benchmark::RegisterBenchmark((name + "/float64").c_str(), [=](benchmark::State& st) { bm_exp<double>(st, isa); });
+  }
   for (Size s : parse_sizes(sizes)) {
     register_size<float>("float32", s, thread_counts);
     register_size<double>("float64", s, thread_counts);
@@ -287,8 +394,10 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("fastxent_best_isa", fx::isa_name(fx::best_supported_isa()));
+  benchmark::AddCustomContext("core_ghz_measured", std::to_string(g_core_ghz));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  print_pass_split();
   fx::set_num_threads(0);
   return g_wrong_result ? 1 : 0;
 }
