@@ -76,6 +76,7 @@ def test_csv_has_every_case_and_contender(quick_run: tuple[subprocess.CompletedP
             assert int(by_case[case][c]["repeats"]) == 2  # --quick: 2 rounds of 1 warm call
             assert float(by_case[case][c]["cold_ms"]) > 0
         assert float(by_case[case]["fastxent_alloc"]["fastxent_speedup"]) == 1.0
+        assert by_case[case]["jax"]["note"].startswith("own process")  # its threads spin: timed apart
         assert float(by_case[case]["floor"]["vs_floor"]) == 1.0
         # fastxent's out= and allocating calls beside NumPy moving the same bytes the same way
         for fx_name, np_name in (("fastxent", "np_floor"), ("fastxent_alloc", "np_alloc")):

@@ -32,6 +32,9 @@ Dense targets are multi-hot with 0.1% of the classes set per row (at least one):
 1 label of 1000, 32 of 32000, 262 of 262144 -- a large multi-label tagging density.
 JAX sizes its thread pool once, at import, to all cores; it cannot follow the
 thread count of a case, so its 1-thread rows use all cores (marked in the notes).
+Its workers keep spinning after each call and slowed every other contender of a
+case when JAX ran beside them (fastxent's 256x1000 calls 1.5-2x), so it is timed in
+a process of its own, per case (ISOLATED; measure.run_case).
 
 PyTorch, JAX and optax are optional and imported only when a case is built
 (`optional`): importing this module imports none of them.
@@ -212,10 +215,19 @@ def _torch_contender(x: np.ndarray, y: np.ndarray, label: str, name: str = "torc
     return Contender(name, label, run, "rss")
 
 
+# Contenders timed in a process of their own (measure.run_case): JAX's thread pool
+# spins on every core from its first call on, which slows every other contender of a
+# case, fastxent's small calls most. The suite's own process then never imports JAX.
+ISOLATED = ("jax",)
+IN_CHILD = False  # set in that child process: build the isolated contenders for real
+
+
 def _jax_contender(x: np.ndarray, y: np.ndarray, integer: bool, threads: int) -> Contender:
+    label = "jax jit(value_and_grad(optax " + ("..._with_integer_labels" if integer else "softmax_cross_entropy") + "))"
+    if not IN_CHILD:
+        return Contender("jax", label, None, "rss", "isolated")  # measure.run_case times it in a child
     jax, why = optional("jax")
     optax, why2 = optional("optax")
-    label = "jax jit(value_and_grad(optax " + ("..._with_integer_labels" if integer else "softmax_cross_entropy") + "))"
     if jax is None or optax is None:
         return Contender("jax", label, None, "rss", why or why2)
     jax.config.update("jax_enable_x64", True)  # else float64 inputs become float32

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
@@ -35,8 +38,10 @@ import numpy as np
 
 import fastxent as fx
 
+from . import cases
 from .cases import Case, Contender, loaded
 
+CHILD_TIMEOUT_S = 1800.0  # one case's isolated contenders, compile included
 SETTLE_S = 0.05  # pause before each contender's turn in a round: see time_warm_cold
 BURST = 3  # warm (back-to-back) calls timed per contender per round
 # Loss agreement between contenders: different summation orders give a relative
@@ -152,16 +157,72 @@ def _peak_bytes(c: Contender) -> tuple[float | None, Any, str]:
         return None, c.fn(), "n/a"
 
 
+def _isolated(c: Contender) -> bool:
+    return c.fn is None and c.name in cases.ISOLATED and c.note == "isolated"
+
+
+def _time_in_child(case: Case, names: list[str], repeats: int, warmup: int, burst: int) -> dict[str, Any]:
+    """Times the contenders `names` of a main case in a new Python process (the same
+    round-robin, pauses and memory measure): {name: {"warm", "cold", "peak", "loss",
+    "method", "note"}}, or {name: {"note": why}} when it could not run there."""
+    spec = {"n": case.n, "k": case.k, "dtype": case.dtype, "target": case.target, "threads": case.threads,
+            "names": names, "repeats": repeats, "warmup": warmup, "burst": burst}
+    code = "import sys; from fastxent.bench.measure import isolated_child; sys.exit(isolated_child(sys.argv[1]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                              timeout=CHILD_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+    except (OSError, RuntimeError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+        return {name: {"note": f"its own process failed: {e}"} for name in names}
+
+
+def isolated_child(spec_json: str) -> int:
+    """The child of _time_in_child: prints one JSON line of results."""
+    spec = json.loads(spec_json)
+    cases.IN_CHILD = True
+    case = cases.main_case(spec["n"], spec["k"], spec["dtype"], spec["target"], spec["threads"])
+    contenders = [c for c in case.build() if c.name in spec["names"]]
+    set_threads(case.threads)
+    live = [c for c in contenders if c.fn is not None]
+    with _no_gc():
+        warm, cold = time_warm_cold({c.name: c.fn for c in live if c.fn is not None}, spec["repeats"],
+                                    spec["warmup"], burst=spec["burst"])
+    out: dict[str, Any] = {c.name: {"note": c.note} for c in contenders}
+    for c in live:
+        peak, loss, method = _peak_bytes(c)
+        out[c.name].update(warm=warm[c.name], cold=cold[c.name], peak=peak,
+                           loss=None if loss is None else float(loss), method=method)
+    print(json.dumps(out))
+    return 0
+
+
 def run_case(case: Case, repeats: int, warmup: int, burst: int = BURST) -> list[dict[str, Any]]:
-    """One result row per contender of `case` (n/a contenders included, untimed)."""
+    """One result row per contender of `case` (n/a contenders included, untimed).
+    Contenders that would disturb the others (cases.ISOLATED) are timed after them,
+    in a process of their own."""
     contenders = case.build()  # first: it imports torch, whose threads are set next
     set_threads(case.threads)
     live = [c for c in contenders if c.fn is not None]
     with _no_gc():
         times, cold = time_warm_cold({c.name: c.fn for c in live if c.fn is not None}, repeats, warmup, burst=burst)
+    mem: dict[str, tuple[float | None, Any, str]] = {c.name: _peak_bytes(c) for c in live}
+    isolated = [c for c in contenders if _isolated(c)]
+    if isolated:
+        child = _time_in_child(case, [c.name for c in isolated], repeats, warmup, burst)
+        for i, c in enumerate(contenders):
+            got = child.get(c.name, {"note": "its own process returned nothing"})
+            if "warm" in got:
+                times[c.name], cold[c.name] = got["warm"], got["cold"]
+                mem[c.name] = (got["peak"], got["loss"], got["method"])
+                contenders[i] = cases.Contender(c.name, c.label, lambda: None, c.mem,
+                                                "; ".join(x for x in ["own process", got["note"]] if x))
+            elif _isolated(c):
+                contenders[i] = cases.Contender(c.name, c.label, None, c.mem, got["note"])
     medians = {name: median_ms(ts) for name, ts in times.items()}
     np_same = {"fastxent": medians.get("np_floor"), "fastxent_alloc": medians.get("np_alloc")}
-    mem: dict[str, tuple[float | None, Any, str]] = {c.name: _peak_bytes(c) for c in live}
     losses = {name: (None if m[1] is None else float(m[1])) for name, m in mem.items()}
     ref_ms, floor_ms, ref_loss = medians.get(case.reference), medians.get("floor"), losses.get(case.reference)
     nk_bytes = case.n * case.k * case.itemsize

@@ -7,6 +7,7 @@ table.
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import platform
 import sys
@@ -50,7 +51,7 @@ LEGEND = ("fx = fastxent with out=g, fx_alloc = fastxent allocating its gradient
           "np_floor: np.add(x, y, out=g) / np.negative(x, out=g); np_alloc: np.add(x, y) / np.negative(x).\n"
           "C/floor: C's time over the floor's; fx/np = fx / np_floor, fx_alloc/np = fx_alloc / np_alloc. "
           "Times are warm (back-to-back calls, medians); 'fx_alloc cold' = fx_alloc's median after a 50 ms pause.\n"
-          "* rise of peak resident memory (torch, jax), a lower bound. JAX uses all cores in every row.")
+          "* rise of peak resident memory (torch, jax), a lower bound. JAX runs in a process of its own, on all cores in every row.")
 
 
 def _fmt_ms(ms: float | None) -> str:
@@ -195,11 +196,20 @@ def machine_line() -> str:
             f"simd={info.get('simd')}, numpy {np.__version__}")
 
 
+def _installed_version(name: str) -> str | None:
+    """A package's version without importing it (JAX is only imported by the
+    processes that time it)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def meta(repeats: int, warmup: int, burst: int = 1) -> dict[str, Any]:
     """bench.json's "meta": the machine, the versions, the settings, how to read the rows."""
     versions: dict[str, str | None] = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "jax", "optax"):
-        versions[name] = getattr(loaded(name), "__version__", None)
+        versions[name] = getattr(loaded(name), "__version__", None) or _installed_version(name)
     return {
         "fastxent": fx.backend_info(),
         "versions": versions,
@@ -216,7 +226,8 @@ def meta(repeats: int, warmup: int, burst: int = 1) -> dict[str, Any]:
         "timing": "median_ms: warm, back-to-back calls (burst after one cold call per round); "
                   "cold_ms: the call after a 50 ms pause",
         "dense_targets": f"multi-hot, {DENSE_DENSITY:.1%} of classes per row (at least 1)",
-        "jax_threads": "JAX's thread pool is sized at import (all cores) and cannot follow a case's threads",
+        "jax_threads": "JAX is timed in a process of its own per case (its spinning workers slow every other "
+                       "contender); its thread pool is sized at import (all cores) and cannot follow a case's threads",
         "memory": "tracemalloc peak for NumPy-based contenders (sees NumPy allocations only); "
                   "VmHWM rise (lower bound) for torch/jax",
     }
