@@ -3000,21 +3000,23 @@ def fuzz_slice(entry: EntryPoint, end: float, seed_text: str, seen: set[str], fi
     and appended to findings_path at once, and progress(cases, seconds) is reported
     every half second (a crash loses almost nothing)."""
     count = 0
+    ran = 0  # cases of this slice: its first always runs, however long the draw took (ASan)
     last = time.time()
 
     @settings(max_examples=10**9, phases=[Phase.generate], database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(entry.strategy)
     def body(spec: dict[str, Any]) -> None:
-        nonlocal count
+        nonlocal count, ran
         nonlocal last
         now = time.time()
         if now - last > 0.5 or now > end:
             progress(count, now - last)
             count, last = 0, now
-        if now > end:
+        if now > end and ran:
             raise _SliceOver
         count += 1
+        ran += 1
         for f in run_case_safely(entry, spec):
             k = f.key()
             if k in seen:
