@@ -85,9 +85,9 @@ struct Vec {
       std::memcpy(&r.v[i], &bits, sizeof(T));
     }
     return r;
-  }  // p * 2^n for integral n in the normal exponent range.
+  }
+  // p * 2^n for integral n in the normal exponent range.
   friend Vec scale_by_pow2(Vec p, Vec n) { return p * pow2i(n); }
-
   // Pairwise tree: a fixed order, so results never depend on the caller.
   friend T reduce_add(Vec a) {
     for (int w = L / 2; w > 0; w /= 2) for (int i = 0; i < w; ++i) a.v[i] += a.v[i + w];

@@ -34,7 +34,7 @@ JAX sizes its thread pool once, at import, to all cores; it cannot follow the
 thread count of a case, so its 1-thread rows use all cores (marked in the notes).
 Its workers keep spinning after each call and slowed every other contender of a
 case when JAX ran beside them (fastxent's 256x1000 calls 1.5-2x), so it is timed in
-a process of its own, per case (ISOLATED; measure.run_case).
+a process of its own, per case (Contender.isolated; measure.run_case).
 
 PyTorch, JAX and optax are optional and imported only when a case is built
 (`optional`): importing this module imports none of them.
@@ -97,6 +97,11 @@ class Contender:
     fn: Callable[[], Any] | None  # returns the loss (or None for the floor); None: n/a
     mem: str = "tracemalloc"  # or "rss"
     note: str = ""
+    # Timed in a process of its own (measure.run_case), where it is built for real
+    # (IN_CHILD): it would disturb the others. JAX's thread pool spins on every core
+    # after each call, which slows every other contender of a case, fastxent's small
+    # calls most; the suite's own process then never imports JAX.
+    isolated: bool = False
 
 
 @dataclass
@@ -215,17 +220,13 @@ def _torch_contender(x: np.ndarray, y: np.ndarray, label: str, name: str = "torc
     return Contender(name, label, run, "rss")
 
 
-# Contenders timed in a process of their own (measure.run_case): JAX's thread pool
-# spins on every core from its first call on, which slows every other contender of a
-# case, fastxent's small calls most. The suite's own process then never imports JAX.
-ISOLATED = ("jax",)
-IN_CHILD = False  # set in that child process: build the isolated contenders for real
+IN_CHILD = False  # set in the process that times the isolated contenders (Contender.isolated)
 
 
 def _jax_contender(x: np.ndarray, y: np.ndarray, integer: bool, threads: int) -> Contender:
     label = "jax jit(value_and_grad(optax " + ("..._with_integer_labels" if integer else "softmax_cross_entropy") + "))"
     if not IN_CHILD:
-        return Contender("jax", label, None, "rss", "isolated")  # measure.run_case times it in a child
+        return Contender("jax", label, None, "rss", isolated=True)
     jax, why = optional("jax")
     optax, why2 = optional("optax")
     if jax is None or optax is None:

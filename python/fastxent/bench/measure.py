@@ -25,6 +25,7 @@ pause and with the collector on (`time_round_robin`'s options).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import subprocess
@@ -157,10 +158,6 @@ def _peak_bytes(c: Contender) -> tuple[float | None, Any, str]:
         return None, c.fn(), "n/a"
 
 
-def _isolated(c: Contender) -> bool:
-    return c.fn is None and c.name in cases.ISOLATED and c.note == "isolated"
-
-
 def _time_in_child(case: Case, names: list[str], repeats: int, warmup: int, burst: int) -> dict[str, Any]:
     """Times the contenders `names` of a main case in a new Python process (the same
     round-robin, pauses and memory measure): {name: {"warm", "cold", "peak", "loss",
@@ -201,26 +198,26 @@ def isolated_child(spec_json: str) -> int:
 
 def run_case(case: Case, repeats: int, warmup: int, burst: int = BURST) -> list[dict[str, Any]]:
     """One result row per contender of `case` (n/a contenders included, untimed).
-    Contenders that would disturb the others (cases.ISOLATED) are timed after them,
-    in a process of their own."""
+    Contenders that would disturb the others (Contender.isolated) are timed after
+    them, in a process of their own."""
     contenders = case.build()  # first: it imports torch, whose threads are set next
     set_threads(case.threads)
     live = [c for c in contenders if c.fn is not None]
     with _no_gc():
         times, cold = time_warm_cold({c.name: c.fn for c in live if c.fn is not None}, repeats, warmup, burst=burst)
     mem: dict[str, tuple[float | None, Any, str]] = {c.name: _peak_bytes(c) for c in live}
-    isolated = [c for c in contenders if _isolated(c)]
+    isolated = [c.name for c in contenders if c.isolated]
     if isolated:
-        child = _time_in_child(case, [c.name for c in isolated], repeats, warmup, burst)
+        child = _time_in_child(case, isolated, repeats, warmup, burst)
         for i, c in enumerate(contenders):
+            if not c.isolated:
+                continue
             got = child.get(c.name, {"note": "its own process returned nothing"})
             if "warm" in got:
                 times[c.name], cold[c.name] = got["warm"], got["cold"]
                 mem[c.name] = (got["peak"], got["loss"], got["method"])
-                contenders[i] = cases.Contender(c.name, c.label, lambda: None, c.mem,
-                                                "; ".join(x for x in ["own process", got["note"]] if x))
-            elif _isolated(c):
-                contenders[i] = cases.Contender(c.name, c.label, None, c.mem, got["note"])
+            note = "; ".join(x for x in ["own process" if "warm" in got else "", got["note"]] if x)
+            contenders[i] = dataclasses.replace(c, note=note)
     medians = {name: median_ms(ts) for name, ts in times.items()}
     np_same = {"fastxent": medians.get("np_floor"), "fastxent_alloc": medians.get("np_alloc")}
     losses = {name: (None if m[1] is None else float(m[1])) for name, m in mem.items()}
@@ -236,7 +233,7 @@ def run_case(case: Case, repeats: int, warmup: int, burst: int = BURST) -> list[
             "peak_bytes": None, "extra_nk_arrays": None, "mem_method": None, "loss": None,
             "loss_rel_diff": None, "note": "; ".join(x for x in [c.note, *case.notes] if x) or "",
         }
-        if c.fn is not None:
+        if c.name in medians:  # timed here, or in its own process
             ms = medians[c.name]
             peak, _, method = mem[c.name]
             loss = losses[c.name]
